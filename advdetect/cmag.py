@@ -8,6 +8,7 @@ Section 3 (Eqs. 12-14), Algorithm 1 (training) and Algorithm 2 (thresholds).
 import numbers
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .base import BaseDetector, as_logits, batched, train_module
@@ -104,6 +105,8 @@ class CMAGDetector(BaseDetector):
         The layer read for FMR.
     fmr_, lr_, gr_ : torch.nn.Module
         The trained reconstructors.
+    calibration_metrics_ : pandas.DataFrame
+        SSIM and L2 of every stage on the held-out clean calibration images.
     thresholds_ : pandas.DataFrame
         Per stage (rows) the SSIM and L2 thresholds and the spread of the
         calibration scores used to put the two tests on one scale.
@@ -225,18 +228,20 @@ class CMAGDetector(BaseDetector):
         cal = batched(lambda x, f, s: self._stage_metrics(x, f, s),
                       (X[cal_idx], feats[cal_idx], soft[cal_idx]), self.batch_size, self.device_)
         cal = dict(zip([f"{m}_{s}" for s in _STAGES for m in ("ssim", "l2")], cal))
-        self.thresholds_ = self._learn_thresholds(cal)
-        scored = "gr" if self.stage == "all" else self.stage
-        self.threshold_ssim_ = float(self.thresholds_.loc[scored, "ssim"]) \
-            if self.stage != "all" else float("nan")
-        self.threshold_l2_ = float(self.thresholds_.loc[scored, "l2"]) \
-            if self.stage != "all" else float("nan")
-        self.n_calibration_ = len(cal_idx)
+        self.calibration_metrics_ = pd.DataFrame(cal)
+        self._set_thresholds()
+
+    def _set_thresholds(self):
+        """Algorithm 2 on the kept calibration metrics, for the current parameters."""
+        self.thresholds_ = self._learn_thresholds(self.calibration_metrics_)
+        single = self.stage != "all"
+        self.threshold_ssim_ = float(self.thresholds_.loc[self.stage, "ssim"]) if single \
+            else float("nan")
+        self.threshold_l2_ = float(self.thresholds_.loc[self.stage, "l2"]) if single \
+            else float("nan")
         self.offset_ = 0.0
 
     def _learn_thresholds(self, cal):
-        import pandas as pd
-
         q = self.threshold_quantile
         rows = {}
         for s in _STAGES:

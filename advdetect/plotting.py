@@ -1,0 +1,164 @@
+"""Plots a reader would rather look at than read (matplotlib, PNG).
+
+* :func:`plot_roc_curves` - ROC curves of every detector against one attack;
+* :func:`plot_score_densities` - clean vs adversarial decision values with the
+  threshold marked (DAFAR Figs. 5-6);
+* :func:`plot_reconstructions` - inputs beside their reconstructions (CMAG
+  Figs. 3 and 5: input, FMR, LR, GR; DAFAR Fig. 4: input, D(E(x)), error).
+"""
+
+import os
+
+import numpy as np
+
+__all__ = ["plot_roc_curves", "plot_score_densities", "plot_reconstructions",
+           "save_benchmark_plots"]
+
+
+def _pyplot():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_roc_curves(curves, title="", ax=None):
+    """ROC curves, adversarial as the positive class.
+
+    Parameters
+    ----------
+    curves : dict
+        ``{label: (y, decision)}`` with y = +1 clean, -1 adversarial.
+    title : str
+    ax : matplotlib Axes or None
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    ax = ax or plt.subplots(figsize=(4.5, 4.5))[1]
+    for label, (y, dec) in curves.items():
+        fpr, tpr, _ = roc_curve(y == -1, -np.asarray(dec))
+        ax.plot(fpr, tpr, label=f"{label} ({roc_auc_score(y == -1, -np.asarray(dec)):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="clean false-positive rate", ylabel="detection rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def plot_score_densities(clean, adversarial, threshold=0.0, title="", ax=None):
+    """Histograms of decision values, clean vs each attack, threshold marked.
+
+    Parameters
+    ----------
+    clean : array-like
+        Decision values of clean inputs.
+    adversarial : dict
+        ``{attack: decision values}``.
+    threshold : float, default=0.0
+        Where the detector's decision changes sign.
+    title : str
+    ax : matplotlib Axes or None
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    plt = _pyplot()
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    values = np.concatenate([np.asarray(clean)] + [np.asarray(v) for v in adversarial.values()])
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    bins = np.linspace(lo, hi, 60)
+    ax.hist(np.clip(clean, lo, hi), bins=bins, density=True, alpha=0.6, label="clean")
+    for name, v in adversarial.items():
+        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, histtype="step", label=name)
+    ax.axvline(threshold, color="k", ls="--", label="threshold")
+    ax.set(xlabel="decision_function (negative = flagged)", ylabel="density", title=title)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_reconstructions(rows, titles, n=8):
+    """A grid: one row per array of images, ``n`` columns.
+
+    Parameters
+    ----------
+    rows : list of ndarray of shape (m, C, H, W)
+    titles : list of str
+        One per row.
+    n : int, default=8
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (imgs, title) in enumerate(zip(rows, titles)):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(imgs):
+                continue
+            img = np.asarray(imgs[c])
+            signed = img.min() < 0
+            img = np.transpose(img, (1, 2, 0)) if img.shape[0] == 3 else img[0]
+            ax.imshow(img, cmap="seismic" if signed else "gray",
+                      vmin=-1 if signed else 0, vmax=1)
+        axes[r, 0].set_title(title, fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def save_benchmark_plots(folder, curves, detectors, X_clean, adversarial, n=8):
+    """Write the benchmark's figures into ``folder``; returns the file names."""
+    plt = _pyplot()
+    written = []
+    attacks = list(dict.fromkeys(a for _, a in curves))
+    names = list(dict.fromkeys(d for d, _ in curves))
+    for attack in attacks:
+        ax = plot_roc_curves({d: curves[(d, attack)] for d in names if (d, attack) in curves},
+                             title=f"ROC, {attack}")
+        path = os.path.join(folder, f"roc_{attack.replace(':', '_')}.png")
+        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
+        written.append(path)
+    for name in names:
+        det_curves = {a: curves[(name, a)] for a in attacks if (name, a) in curves}
+        if not det_curves:
+            continue
+        y0, d0 = next(iter(det_curves.values()))
+        clean = d0[y0 == 1]
+        adv = {a: d[y == -1] for a, (y, d) in det_curves.items()}
+        ax = plot_score_densities(clean, adv, title=f"{name}: decision values")
+        path = os.path.join(folder, f"density_{_slug(name)}.png")
+        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
+        written.append(path)
+    attack = next((a for a in adversarial if len(adversarial[a])), None)
+    for name, det in detectors.items():
+        if attack is None or not hasattr(det, "reconstruct") or "(" in name or " " in name:
+            continue
+        X = np.concatenate([X_clean[:n // 2], adversarial[attack][:n // 2]])
+        if type(det).__name__ == "CMAGDetector":
+            rows = [X] + [det.reconstruct(X, stage=s) for s in ("fmr", "lr", "gr")]
+            titles = ["input (clean | " + attack + ")", "FMR", "LR", "GR"]
+        else:
+            rec = det.reconstruct(X)
+            rows, titles = [X, rec, X - rec], ["input (clean | " + attack + ")",
+                                               "reconstruction", "error x - x'"]
+        fig = plot_reconstructions(rows, titles, n=len(X))
+        path = os.path.join(folder, f"reconstructions_{_slug(name)}.png")
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _slug(name):
+    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")

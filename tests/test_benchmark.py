@@ -1,0 +1,77 @@
+"""The benchmark engine and the command line, at a tiny size."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from advdetect.benchmark import format_report, parse_attack, run_benchmark, to_markdown
+from advdetect.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    tables = run_benchmark(dataset="digits", attacks=["fgsm:0.3", "pgd:0.3"], detectors=["cmag"],
+                           n_train=200, n_test=60, n_attack=30, victim_epochs=3,
+                           detector_epochs=1, output=str(out), verbose=0, log=lambda *_: None)
+    return tables, out
+
+
+def test_tables_have_every_detector_and_attack(tiny_run):
+    tables, _ = tiny_run
+    res = tables["results"]
+    assert set(res["attack"]) == {"fgsm:0.3", "pgd:0.3"}
+    # CMAG plus its no-retraining variants and the max-softmax floor.
+    assert {"CMAG", "CMAG (paper)", "CMAG fmr", "CMAG all", "Max softmax (floor)"} <= \
+        set(res["detector"])
+    assert res["roc_auc"].between(0, 1).all()
+    assert res["clean_fpr"].between(0, 1).all()
+    assert (res["n_adversarial"] > 0).all()
+    att = tables["attacks"].set_index("attack")
+    assert (att["success_rate"] > 0).all() and (att["mean_linf"] <= 0.3 + 1e-4).all()
+    timing = tables["timing"].set_index("detector")
+    assert timing.loc["CMAG", "fit_seconds"] > 0
+    assert timing.loc["CMAG", "cost_vs_classifier"] > 0
+
+
+def test_outputs_written(tiny_run):
+    tables, out = tiny_run
+    for name in ("results.csv", "results.md", "attacks.csv", "timing.csv", "settings.json"):
+        assert (out / name).exists(), name
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["dataset"] == "digits" and settings["n_attack"] == 30
+    pngs = [p for p in os.listdir(out) if p.endswith(".png")]
+    assert any(p.startswith("roc_") for p in pngs)
+    assert any(p.startswith("density_") for p in pngs)
+    assert "reconstructions_cmag.png" in pngs
+    md = (out / "results.md").read_text()
+    assert "ROC-AUC" in md and "CMAG (paper)" in md and md == format_report(tables)
+
+
+def test_strict_paper_variant_has_no_more_false_positives(tiny_run):
+    res = tiny_run[0]["results"]
+    fpr = res.groupby("detector")["clean_fpr"].first()
+    assert fpr["CMAG (paper)"] <= fpr["CMAG"]
+
+
+def test_parse_attack_and_markdown():
+    assert parse_attack("pgd:0.3") == ("pgd", {"eps": 0.3})
+    assert parse_attack("cw_l2:19") == ("cw_l2", {"confidence": 19.0})
+    import pandas as pd
+    md = to_markdown(pd.DataFrame({"a": [1.23456, np.nan], "b": ["x", "y"]}))
+    assert md.splitlines()[0] == "| a | b |" and "1.235" in md
+
+
+def test_cli_benchmark_quick(tmp_path, capsys):
+    code = main(["benchmark", "--dataset", "digits", "--attacks", "fgsm:0.3", "--detectors",
+                 "cmag", "--n-train", "150", "--n-test", "40", "--n-attack", "20",
+                 "--victim-epochs", "2", "--detector-epochs", "1", "--output", str(tmp_path),
+                 "--no-plots", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ROC-AUC" in printed and "Timing" in printed
+    assert (tmp_path / "results.csv").exists()
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--detectors", "nope"])
