@@ -235,6 +235,11 @@ def batched(fn, arrays, batch_size, device, dtype=torch.float32):
     ``fn`` returns a tensor or a tuple of tensors per batch; the result is the
     numpy concatenation, moved to the CPU batch by batch so that peak memory
     does not grow with the number of samples beyond the outputs themselves.
+
+    A short last batch is zero-padded to ``batch_size`` (and the padding
+    dropped): torch's float32 kernels pick their summation order from the
+    batch shape, so without padding a sample's score would change in the last
+    bits with the number of samples scored beside it.
     """
     if not isinstance(arrays, (list, tuple)):
         arrays = (arrays,)
@@ -244,13 +249,17 @@ def batched(fn, arrays, batch_size, device, dtype=torch.float32):
         for start in range(0, n, batch_size):
             batch = [torch.as_tensor(a[start:start + batch_size], dtype=dtype, device=device)
                      for a in arrays]
+            m = len(batch[0])
+            if m < batch_size and n > 0:
+                batch = [torch.cat([b, b.new_zeros((batch_size - m,) + b.shape[1:])])
+                         for b in batch]
             res = fn(*batch)
             single = not isinstance(res, tuple)
             res = (res,) if single else res
             if outs is None:
                 outs = [[] for _ in res]
             for store, r in zip(outs, res):
-                store.append(r.detach().cpu().numpy())
+                store.append(r[:m].detach().cpu().numpy())
     if outs is None:
         raise ValueError("cannot run a forward pass on zero samples")
     cat = tuple(np.concatenate(o) for o in outs)
@@ -382,9 +391,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                     f"X has images of shape {tuple(shape)}, but {type(self).__name__} was "
                     f"fitted on images of shape {tuple(self.image_shape_)}.")
         else:
+            hint = (" Reshape your data: X.reshape(1, -1) for a single sample, or "
+                    "X.reshape(-1, 1) for a single feature.") if ndim == 1 else ""
             raise ValueError(
                 f"X must be 2-D (n, C*H*W), 3-D (n, H, W) or 4-D (n, C, H, W); got an array "
-                f"with {ndim} dimension(s).")
+                f"with {ndim} dimension(s).{hint}")
         images = np.asarray(images, dtype=np.float32)
         if self._value_range is not None:
             lo, hi = self._value_range
@@ -432,17 +443,17 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------- classifier
     def _prepare_classifier(self, X):
         """Deep-copy, freeze and hook the protected classifier; check its output."""
-        module = copy.deepcopy(unwrap_classifier(self.classifier))
+        module = copy.deepcopy(unwrap_classifier(self.classifier)).to(self.device_)
         module.eval()
+        probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
+        # Lazy layers size themselves on the first batch: run one before naming a
+        # layer or freezing the weights.
+        _probe(module, probe.flatten(1) if self.flat_input_ else probe)
         for p in module.parameters():
             p.requires_grad_(False)
-        layer = self.feature_layer
-        probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
-        if layer is None:
-            # Lazy layers size themselves on the first batch; run one before naming.
-            _probe(module.to(self.device_), probe.flatten(1) if self.flat_input_ else probe)
-            layer = default_feature_layer(module)
-        hooked = HookedClassifier(module, layer, flat_input=self.flat_input_).to(self.device_)
+        layer = default_feature_layer(module) if self.feature_layer is None \
+            else self.feature_layer
+        hooked = HookedClassifier(module, layer, flat_input=self.flat_input_)
         features, scores = _probe(hooked, probe)
         if not torch.is_tensor(scores) or scores.ndim != 2 or scores.shape[1] < 2:
             shape = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
