@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/advdetect demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_detectors.py

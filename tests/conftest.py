@@ -1,10 +1,15 @@
 """Shared fixtures: small data and small victims, trained once per session."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Under pytest-xdist (make test runs two workers on two cores) each worker
+# gets one thread; alone, torch keeps up to two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
+                      max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(autouse=True)
