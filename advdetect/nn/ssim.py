@@ -10,12 +10,14 @@ Why not pytorch-msssim: it filters with zero padding-free "valid" convolution
 only, so it cannot score images smaller than its 11-tap window (8x8 digits, the
 flat vectors of scikit-learn's common checks), and its per-image mean does not
 match scikit-image's cropped mean for those. The whole computation is five
-separable convolutions; we keep it here, tested against scikit-image.
+separable filters, which we run as two batched matrix products (five times
+faster on the CPU than single-channel convolutions); tested against scikit-image.
 """
+
+import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = ["ssim", "ssim_window_size", "SSIMLoss"]
 
@@ -46,39 +48,36 @@ def ssim_window_size(height, width, preferred=11):
     return max(win, 1)
 
 
-def _gaussian_kernel(sigma, truncate, device, dtype):
-    # Same taps as scipy.ndimage.gaussian_filter (which scikit-image uses).
+@functools.lru_cache(maxsize=64)
+def _filter_matrix(n, sigma, truncate, crop):
+    """(n_out, n) matrix of a 1-D Gaussian filter with scipy's "reflect" edges and the crop.
+
+    Filtering an axis is then one matrix product. As scipy.ndimage.gaussian_filter
+    (which scikit-image uses): taps exp(-t^2 / 2 sigma^2) normalised, radius
+    int(truncate * sigma + 0.5), edges extended symmetrically (d c b a | a b c d);
+    the ``crop`` pixels on each side are dropped, as scikit-image does before
+    averaging the SSIM map.
+    """
     radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).to(dtype), radius
-
-
-def _symmetric_index(n, pad, device):
-    # scipy.ndimage mode="reflect" (numpy "symmetric"): d c b a | a b c d | d c b a
-    idx = np.arange(-pad, n + pad)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    # Source index of every padded position, mode "reflect" (numpy "symmetric").
     period = 2 * n
-    idx = np.mod(idx, period)
-    idx = np.where(idx >= n, period - 1 - idx, idx)
-    return torch.as_tensor(idx, device=device)
+    matrix = np.zeros((n - 2 * crop, n))
+    for o in range(n - 2 * crop):
+        centre = o + crop
+        src = np.mod(np.arange(centre - radius, centre + radius + 1), period)
+        src = np.where(src >= n, period - 1 - src, src)
+        np.add.at(matrix[o], src, taps)
+    return matrix
 
 
-def _filter(x, kernel, radius, crop):
-    """Separable Gaussian filter of (N, C, H, W), returning the ``crop``-cropped interior."""
-    n, c, h, w = x.shape
-    if crop < radius:
-        # The window is smaller than the filter's support: pad as ndimage does.
-        x = x.index_select(2, _symmetric_index(h, radius - crop, x.device))
-        x = x.index_select(3, _symmetric_index(w, radius - crop, x.device))
-        h, w = x.shape[2], x.shape[3]
-    # Each channel filtered on its own: fold channels into the batch.
-    x = x.reshape(n * c, 1, h, w)
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    if crop > radius:
-        extra = crop - radius
-        x = x[:, :, extra:-extra, extra:-extra]
-    return x.reshape(n, c, x.shape[2], x.shape[3])
+def _filter(x, sigma, crop):
+    """Separable Gaussian filter of (N, C, H, W) as two batched matrix products."""
+    h, w = x.shape[-2:]
+    mh = torch.as_tensor(_filter_matrix(h, sigma, 3.5, crop), dtype=x.dtype, device=x.device)
+    mw = torch.as_tensor(_filter_matrix(w, sigma, 3.5, crop), dtype=x.dtype, device=x.device)
+    return mh @ x @ mw.T
 
 
 def ssim(x, y, data_range=1.0, win_size=None, sigma=1.5, k1=0.01, k2=0.03,
@@ -125,14 +124,13 @@ def ssim(x, y, data_range=1.0, win_size=None, sigma=1.5, k1=0.01, k2=0.03,
         win_size = ssim_window_size(h, w)
     if win_size % 2 == 0 or win_size < 1 or win_size > min(h, w):
         raise ValueError(f"win_size must be odd and at most {min(h, w)}, got {win_size}")
-    kernel, radius = _gaussian_kernel(sigma, 3.5, x.device, x.dtype)
     crop = (win_size - 1) // 2
 
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     # One filter call for the five moments keeps this a single batched op.
     stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    mu_x, mu_y, m_xx, m_yy, m_xy = _filter(stacked, kernel, radius, crop).chunk(5, dim=1)
+    mu_x, mu_y, m_xx, m_yy, m_xy = _filter(stacked, float(sigma), crop).chunk(5, dim=1)
     var_x = m_xx - mu_x * mu_x
     var_y = m_yy - mu_y * mu_y
     cov = m_xy - mu_x * mu_y
