@@ -172,41 +172,30 @@ class HookedClassifier(torch.nn.Module):
         self.feature_layer = feature_layer
         self.flat_input = flat_input
         try:
-            layer = module.get_submodule(feature_layer)
+            module.get_submodule(feature_layer)
         except AttributeError:
             names = [n for n, _ in module.named_modules() if n]
             raise ValueError(
                 f"feature_layer={feature_layer!r} does not exist in "
                 f"{type(module).__name__}; its layers are: {names}") from None
-        self._captured = None
-        self._handle = layer.register_forward_hook(self._capture)
-
-    def _capture(self, _module, _inputs, output):
-        self._captured = output
 
     def forward(self, x):
         if self.flat_input:
             x = x.flatten(1)
-        self._captured = None
-        scores = self.module(x)
-        features, self._captured = self._captured, None
-        if features is None:
+        captured = []
+        # The hook lives for one forward pass only: the module stays free of
+        # hooks between calls, so it pickles and deep-copies cleanly.
+        handle = self.module.get_submodule(self.feature_layer).register_forward_hook(
+            lambda _m, _i, out: captured.append(out))
+        try:
+            scores = self.module(x)
+        finally:
+            handle.remove()
+        if not captured:
             raise RuntimeError(
                 f"feature_layer {self.feature_layer!r} was not called in the classifier's "
                 "forward pass; choose a layer that the forward pass uses.")
-        return features, scores
-
-    def __getstate__(self):
-        # Hook handles do not pickle; the hook is registered again on load.
-        state = self.__dict__.copy()
-        state.pop("_handle", None)
-        state["_captured"] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        layer = self.module.get_submodule(self.feature_layer)
-        self._handle = layer.register_forward_hook(self._capture)
+        return captured[-1], scores
 
 
 def as_logits(scores, output_kind):
