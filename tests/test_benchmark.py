@@ -24,7 +24,7 @@ def test_tables_have_every_detector_and_attack(tiny_run):
     res = tables["results"]
     assert set(res["attack"]) == {"fgsm:0.3", "pgd:0.3"}
     # CMAG plus its no-retraining variants and the max-softmax floor.
-    assert {"CMAG", "CMAG (paper)", "CMAG fmr", "CMAG all", "Max softmax (floor)"} <= \
+    assert {"CMAG", "CMAG (paper)", "CMAG fmr ssim", "CMAG all ssim", "Max softmax (floor)"} <= \
         set(res["detector"])
     assert res["roc_auc"].between(0, 1).all()
     assert res["clean_fpr"].between(0, 1).all()

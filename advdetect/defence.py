@@ -1,0 +1,249 @@
+"""DAFAR's autogenous hybrid defence: detect, then classify the purified rest.
+
+Jiliang Liu, Jiaoyang Yi, Xiaodong Lin, Jiayong Shi, Meikang Qiu, *DAFAR:
+Defending against Adversaries by Feedback-Autoencoder Reconstruction*,
+Sections 4.3, 4.4 (Fig. 3) and 5.5 (Fig. 10).
+"""
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from .base import batched, unwrap_classifier
+
+__all__ = ["DetectAndPurify"]
+
+
+def _is_fitted(estimator):
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        return False
+    return True
+
+
+class DetectAndPurify(ClassifierMixin, BaseEstimator):
+    """Reject inputs a detector flags; classify the reconstruction of the rest.
+
+    The paper's autogenous hybrid defence (Fig. 3): an input flagged by the
+    detector is discarded (predicted as ``reject_label``); any other input is
+    purified by the feedback autoencoder, ``D(E(x))`` (Eq. 6), and the
+    classifier's prediction on that reconstruction is returned. Strong attacks
+    are caught by the detector; weak ones, which slip under its threshold,
+    tend to lose their effect in the reconstruction (Section 4.3).
+
+    Parameters
+    ----------
+    classifier : torch.nn.Module, fitted skorch net, FrozenEstimator or None, default=None
+        The classifier of the non-rejected inputs; it is used, never trained.
+        ``None`` uses the detector's own copy of its protected classifier
+        (``detector.classifier_.module``), which in DAFAR's joint mode is the
+        jointly trained one.
+    detector : DAFARDetector
+        A detector with ``predict`` (+1 clean, -1 adversarial) and ``transform``
+        (the purified images). If it is not fitted, ``fit`` fits a clone of it
+        on ``X`` (and ``y``, which joint training uses). If it is fitted, it is
+        used as it is and ``fit`` does not retrain it; wrap it in
+        ``sklearn.frozen.FrozenEstimator`` so that ``clone`` (GridSearchCV,
+        cross_validate) keeps it fitted too.
+    reject_label : int or str, default=-1
+        The prediction given to rejected inputs. It must not be one of the
+        classifier's classes.
+    purify : bool, default=True
+        Classify the reconstruction ``detector.transform(X)`` of the accepted
+        inputs (the paper's hybrid); ``False`` classifies them as they are
+        (detection only).
+
+    Attributes
+    ----------
+    detector_ : estimator
+        The fitted detector in use.
+    classes_ : ndarray of shape (n_classes,)
+        The classifier's classes (a skorch net's ``classes_``, else
+        ``range(n_classes)``).
+
+    See Also
+    --------
+    DAFARDetector : the detector and purifier this defence is built on.
+
+    Notes
+    -----
+    ``score`` is the paper's defence accuracy (Fig. 10): an adversarial input
+    counts as defended if it is rejected or classified correctly; a clean
+    input must be classified correctly, so rejecting it is an error.
+
+    References
+    ----------
+    J. Liu, J. Yi, X. Lin, J. Shi, M. Qiu. DAFAR: Defending against
+    Adversaries by Feedback-Autoencoder Reconstruction. Section 5.5.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from advdetect.dafar import DAFARDetector
+    >>> from advdetect.defence import DetectAndPurify
+    >>> from advdetect.models import SmallCNN
+    >>> X = np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32)
+    >>> det = DAFARDetector(SmallCNN(), max_epochs=1, anomaly_max_epochs=1, device="cpu",
+    ...                     random_state=0)
+    >>> defence = DetectAndPurify(detector=det).fit(X)
+    >>> pred = defence.predict(X[:4])
+    >>> pred.shape, bool(np.isin(pred, np.r_[defence.classes_, -1]).all())
+    ((4,), True)
+    """
+
+    def __init__(self, classifier=None, detector=None, *, reject_label=-1, purify=True):
+        self.classifier = classifier
+        self.detector = detector
+        self.reject_label = reject_label
+        self.purify = purify
+
+    def fit(self, X, y=None):
+        """Fit the detector if it is not fitted, and read the classifier's classes.
+
+        Parameters
+        ----------
+        X : array-like of clean images
+        y : array-like of shape (n_samples,) or None
+            Class labels, passed to the detector's ``fit`` (DAFAR's joint mode
+            uses them); the classifier is not trained.
+
+        Returns
+        -------
+        self
+        """
+        if self.detector is None:
+            raise ValueError("detector is required: pass a DAFARDetector (fitted or not).")
+        if not isinstance(self.purify, (bool, np.bool_)):
+            raise ValueError(f"purify must be True or False, got {self.purify!r}")
+        if _is_fitted(self.detector):
+            self.detector_ = self.detector
+        else:
+            self.detector_ = clone(self.detector).fit(X, y)
+        module = self._classifier_module()
+        classes = self._classifier_classes(module)
+        if any(c == self.reject_label for c in classes.tolist()):
+            raise ValueError(f"reject_label={self.reject_label!r} is one of the classifier's "
+                             "classes; choose a label no class uses.")
+        self.classes_ = classes
+        return self
+
+    # ------------------------------------------------------------ classifier
+    def _classifier_module(self):
+        if self.classifier is None:
+            hooked = getattr(self.detector_, "classifier_", None)
+            if hooked is None:
+                raise ValueError("classifier=None uses the detector's classifier copy, but "
+                                 f"{type(self.detector_).__name__} has no classifier_.")
+            return getattr(hooked, "module", hooked)
+        return unwrap_classifier(self.classifier)
+
+    def _classifier_classes(self, module):
+        inner = self.classifier
+        while inner is not None and not isinstance(inner, torch.nn.Module) and \
+                not hasattr(inner, "module") and hasattr(inner, "estimator"):
+            inner = inner.estimator
+        classes = getattr(inner, "classes_", None) if inner is not None and \
+            not isinstance(inner, torch.nn.Module) else None
+        n_outputs = self._n_outputs(module)
+        if classes is not None and len(classes) == n_outputs:
+            return np.asarray(classes)
+        return np.arange(n_outputs)
+
+    def _n_outputs(self, module):
+        n = getattr(self.detector_, "n_classes_", None)
+        if self.classifier is None and n is not None:
+            return int(n)
+        shape = getattr(self.detector_, "image_shape_")
+        probe = torch.zeros((1,) + tuple(shape))
+        return int(self._scores(module, probe.numpy()).shape[1])
+
+    def _scores(self, module, images):
+        """The classifier's outputs on ``(n, C, H, W)`` images, batched, in eval mode."""
+        param = next(module.parameters(), None)
+        device = param.device if param is not None else "cpu"
+        flat = getattr(self.detector_, "flat_input_", False)
+        batch_size = getattr(self.detector_, "batch_size", 256)
+        was_training = module.training
+        module.eval()
+        try:
+            return batched(lambda xb: module(xb.flatten(1) if flat else xb), images,
+                           batch_size, device)
+        finally:
+            module.train(was_training)
+
+    # ------------------------------------------------------------- predict
+    def _detect(self, X):
+        """Rejection mask and the images to classify, in one detector pass if possible."""
+        det = self.detector_  # FrozenEstimator forwards attribute access
+        if self.purify and hasattr(det, "_detect_and_purify"):
+            decision, images = det._detect_and_purify(X)
+            return decision < 0, images
+        rejected = np.asarray(self.detector_.predict(X)) == -1
+        if self.purify:
+            images = self.detector_.transform(X)
+        elif hasattr(det, "_validate_images"):  # advdetect detectors: (n, C, H, W) float32
+            images = det._validate_images(X, reset=False)
+        else:
+            images = np.asarray(X, dtype=np.float32)
+            shape = getattr(det, "image_shape_", None)
+            if shape is not None:
+                images = images.reshape((len(images),) + tuple(shape))
+        return rejected, np.asarray(images, dtype=np.float32)
+
+    def predict(self, X):
+        """``reject_label`` for flagged inputs, else the class of the purified input.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self)
+        rejected, images = self._detect(X)
+        scores = self._scores(self._classifier_module(), images)
+        labels = self.classes_[scores.argmax(axis=1)]
+        dtype = np.result_type(labels.dtype, np.asarray(self.reject_label).dtype)
+        pred = labels.astype(dtype)
+        pred[rejected] = self.reject_label
+        return pred
+
+    def score(self, X, y, adversarial=None, sample_weight=None):
+        """Defence accuracy (paper Fig. 10).
+
+        An adversarial input is defended if it is rejected or classified as its
+        true class; a clean input must be classified as its true class
+        (rejecting it is an error).
+
+        Parameters
+        ----------
+        X : array-like of images
+        y : array-like of shape (n_samples,)
+            True classes (for adversarial inputs, the class of the clean
+            original).
+        adversarial : array-like of bool of shape (n_samples,) or None, default=None
+            Which inputs are adversarial; None: all are clean.
+        sample_weight : array-like of shape (n_samples,) or None, default=None
+
+        Returns
+        -------
+        float
+        """
+        y = column_or_1d(y)
+        pred = self.predict(X)
+        if len(y) != len(pred):
+            raise ValueError(f"y has {len(y)} labels for {len(pred)} inputs")
+        if adversarial is None:
+            adversarial = np.zeros(len(y), dtype=bool)
+        adversarial = column_or_1d(adversarial)
+        if len(adversarial) != len(y) or adversarial.dtype.kind not in "bui":
+            raise ValueError("adversarial must be a boolean mask with one entry per input")
+        adversarial = adversarial.astype(bool)
+        correct = pred == y
+        defended = np.where(adversarial, correct | (pred == self.reject_label), correct)
+        return float(np.average(defended, weights=sample_weight))

@@ -1,0 +1,335 @@
+"""DAFARDetector: the mirrored feedback decoder, training modes, Eq. (9), scoring, extras."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from torch import nn
+
+from advdetect.dafar import DAFARDetector
+from advdetect.models import CIFARCNN, MNISTCNN, SmallCNN
+from advdetect.nn.decoders import (FeedbackDecoder, MirrorError, PoolingIndexRecorder,
+                                   anomaly_hidden_sizes, plan_mirror_decoder, trace_encoder)
+
+from .conftest import fgsm
+
+FAST = dict(max_epochs=1, anomaly_max_epochs=2, device="cpu", random_state=0)
+
+
+def _layer_types(decoder):
+    return [type(m).__name__ for m in decoder.layers]
+
+
+def _flatten(X):
+    return X.reshape(len(X), -1)
+
+
+@pytest.fixture(scope="module")
+def digits_det(digits_small, small_victim):
+    X, _ = digits_small
+    return DAFARDetector(FrozenEstimator(small_victim), **dict(FAST, max_epochs=2)).fit(X)
+
+
+# --------------------------------------------------------------------------- decoder
+def test_mirror_plan_of_mnist_cnn_is_table_2():
+    net = MNISTCNN().eval()
+    calls, later = trace_encoder(net, "features.pool2", torch.rand(2, 1, 28, 28))
+    steps, pools = plan_mirror_decoder(calls, later, (1, 28, 28))
+    assert pools == ["features.pool1", "features.pool2"]
+    decoder = FeedbackDecoder(steps, (1, 28, 28))
+    # Table 2, D_M: MaxUnpool, ConvT 64, ConvT 32, MaxUnpool, ConvT 32, ConvT 1.
+    assert _layer_types(decoder) == ["MaxUnpool2d", "ConvTranspose2d", "ConvTranspose2d",
+                                     "MaxUnpool2d", "ConvTranspose2d", "ConvTranspose2d"]
+    assert [m.out_channels for m in decoder.layers if isinstance(m, nn.ConvTranspose2d)] == \
+        [64, 32, 32, 1]
+    recorder = PoolingIndexRecorder([net.get_submodule(p) for p in pools])
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        feats = net.features(x)
+        out = decoder(feats, recorder.take())
+    assert out.shape == (3, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same.")
+def test_mirror_of_other_cuts_and_strided_convolutions():
+    net = MNISTCNN().eval()
+    x = torch.rand(2, 1, 28, 28)
+    ops = {}
+    for layer in ("features", "features.pool2", "head.flatten", "features.relu3"):
+        steps, _ = plan_mirror_decoder(*trace_encoder(net, layer, x), (1, 28, 28))
+        ops[layer] = [s["op"] for s in steps]
+    assert ops["features"] == ops["features.pool2"]
+    assert ops["head.flatten"] == ["reshape"] + ops["features.pool2"]
+    assert ops["features.relu3"] == ["conv", "unpool", "conv", "conv"]
+    # Strided, padded and "same" convolutions on an odd size: exact output shape.
+    enc = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 8, 4, padding="same"), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, stride=2), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(32, 3)).eval()
+    x = torch.rand(2, 3, 13, 13)
+    steps, _ = plan_mirror_decoder(*trace_encoder(enc, "7", x), (3, 13, 13))
+    decoder = FeedbackDecoder(steps, (3, 13, 13))
+    assert decoder(enc[:8](x)).shape == (2, 3, 13, 13)
+
+
+def test_pooling_indices_are_the_encoders_argmax():
+    net = MNISTCNN().eval()
+    recorder = PoolingIndexRecorder([net.features.pool1])
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        net(x)
+        idx = recorder.take()[0]
+        pre = net.features[:4](x)  # conv1 relu1 conv2 relu2: the input of pool1
+        _, expected = nn.functional.max_pool2d(pre, 2, return_indices=True)
+    torch.testing.assert_close(idx, expected)
+    # Unpooling at these indices puts each pooled maximum back where it came from.
+    pooled = net.features.pool1(pre)
+    back = nn.functional.max_unpool2d(pooled, idx, 2, output_size=pre.shape[-2:])
+    mask = back != 0
+    torch.testing.assert_close(back[mask], pre[mask])
+
+
+def test_upsample_option_and_unmirrorable_cut():
+    net = SmallCNN().eval()
+    calls, later = trace_encoder(net, "features.pool1", torch.rand(2, 1, 8, 8))
+    steps, pools = plan_mirror_decoder(calls, later, (1, 8, 8), unpool="upsample")
+    assert pools == [] and "Upsample" in _layer_types(FeedbackDecoder(steps, (1, 8, 8)))
+    calls, later = trace_encoder(net, "head.fc1", torch.rand(2, 1, 8, 8))
+    with pytest.raises(MirrorError, match="Linear"):
+        plan_mirror_decoder(calls, later, (1, 8, 8))
+
+
+def test_anomaly_detector_sizes_follow_table_3():
+    assert anomaly_hidden_sizes(784) == (256, 32)
+    assert anomaly_hidden_sizes(3072) == (512, 64)
+    h, b = anomaly_hidden_sizes(64)
+    assert 8 <= h < 256 and b == round(h / 8)
+
+
+def test_small_cnn_mirror_and_fitted_attributes(digits_det, digits_small):
+    X, _ = digits_small
+    det = digits_det
+    assert det.decoder_kind_ == "mirror" and det.feature_layer_ == "features.pool1"
+    assert _layer_types(det.feedback_decoder_) == ["MaxUnpool2d", "ConvTranspose2d",
+                                                   "ConvTranspose2d"]
+    assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
+    assert det.n_calibration_ == round(0.2 * len(X)) == len(det.calibration_indices_)
+    net = det.anomaly_detector_.net
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [72, 9, 72, 64]
+    for module in (det.feedback_autoencoder_, det.anomaly_detector_, det.classifier_):
+        assert not module.training
+
+
+def test_dense_fallback_for_mlp_on_flat_input():
+    X = np.random.default_rng(0).random((40, 64), dtype=np.float32)
+    mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    det = DAFARDetector(mlp, input_shape="flat", **FAST)
+    with pytest.warns(UserWarning, match="dense decoder"):
+        det.fit(X)
+    assert det.decoder_kind_ == "dense"
+    rec = det.reconstruct(X[:5])
+    assert rec.shape == (5, 1, 1, 64) and rec.min() >= 0 and rec.max() <= 1
+    np.testing.assert_array_equal(det.transform(X[:5]), rec.reshape(5, 64))  # rows in, rows out
+    assert np.isfinite(det.score_samples(X)).all()
+
+
+def test_dense_decoder_on_request(digits_small, small_victim):
+    X, _ = digits_small
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det = DAFARDetector(small_victim, decoder="dense", **FAST).fit(X[:60])
+    assert det.decoder_kind_ == "dense" and det.transform(X[:2]).shape == (2, 1, 8, 8)
+
+
+def test_cifar_cnn_on_3x32x32():
+    X = np.random.default_rng(0).random((10, 3, 32, 32), dtype=np.float32)
+    # The paper's feedback position for T_C: the end of E_C (Table 1).
+    det = DAFARDetector(CIFARCNN(), feature_layer="features.pool2", batch_size=16,
+                        **FAST).fit(X)
+    types = _layer_types(det.feedback_decoder_)
+    assert types.count("MaxUnpool2d") == 2 and types.count("ConvTranspose2d") == 6
+    rec = det.transform(X[:3])
+    assert rec.shape == (3, 3, 32, 32) and rec.min() >= 0 and rec.max() <= 1
+    assert det.anomaly_detector_.net[0].out_features == 512
+    assert np.isfinite(det.score_samples(X)).all()
+
+
+# --------------------------------------------------------------------------- training modes
+def test_plugin_mode_leaves_the_classifier_untouched(digits_small):
+    X, _ = digits_small
+    net = SmallCNN()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    det = DAFARDetector(net, **FAST).fit(X[:80])
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+        torch.testing.assert_close(det.classifier_.module.state_dict()[k], before[k])
+    assert all(p.requires_grad for p in net.parameters())
+    assert det.classifier is net and det.classifier_.module is not net
+
+
+def test_joint_mode_trains_a_copy(digits_small, small_victim):
+    X, y = digits_small
+    module = small_victim.module_
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    det = DAFARDetector(small_victim, training="joint", **FAST).fit(X, y)
+    trained = det.classifier_.module.state_dict()
+    assert any(not torch.equal(trained[k], before[k]) for k in before)
+    for k, v in module.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert not any(p.requires_grad for p in det.classifier_.parameters())
+    # The cross-entropy term of Eq. (7) trains the copy (a briefly trained victim gains).
+    assert np.mean(det.predict_classes(X) == y) > np.mean(small_victim.predict(X) == y)
+    with pytest.raises(ValueError, match="labels"):
+        DAFARDetector(small_victim, training="joint", **FAST).fit(X)
+    with pytest.raises(ValueError, match="range"):
+        DAFARDetector(small_victim, training="joint", **FAST).fit(X[:20], np.full(20, 12))
+
+
+# --------------------------------------------------------------------------- threshold
+def test_threshold_is_mean_plus_z_sigma_of_held_out_scores(digits_det, digits_small):
+    X, _ = digits_small
+    det = digits_det
+    cal = det.reconstruction_errors(X[det.calibration_indices_])
+    np.testing.assert_allclose(cal["anomaly_score"], det.calibration_scores_, rtol=1e-5)
+    alpha = cal["anomaly_score"].mean() + 3.0 * cal["anomaly_score"].std(ddof=1)
+    assert det.threshold_ == pytest.approx(alpha, rel=1e-5)
+    assert det.offset_ == -det.threshold_
+    np.testing.assert_allclose(cal["decision"], det.threshold_ - cal["anomaly_score"])
+    np.testing.assert_allclose(cal["score"], -cal["anomaly_score"])
+    train_idx = np.setdiff1d(np.arange(len(X)), det.calibration_indices_)
+    assert len(train_idx) + det.n_calibration_ == len(X)
+
+
+def test_z_moves_the_false_positive_rate_monotonically(digits_small, small_victim):
+    X, _ = digits_small
+    fprs, thresholds = [], []
+    for z in (0.0, 1.0, 3.0):
+        det = DAFARDetector(small_victim, z=z, **FAST).fit(X)
+        thresholds.append(det.threshold_)
+        fprs.append(np.mean(det.predict(X[det.calibration_indices_]) == -1))
+    assert thresholds[0] < thresholds[1] < thresholds[2]
+    assert fprs[0] > fprs[1] >= fprs[2]
+    assert 0.2 < fprs[0] < 0.8  # z = 0 puts alpha at the mean
+
+
+def test_validation_fraction_zero_calibrates_on_the_training_set(digits_small, small_victim):
+    X, _ = digits_small
+    det = DAFARDetector(small_victim, validation_fraction=0.0, **FAST).fit(X[:50])
+    np.testing.assert_array_equal(det.calibration_indices_, np.arange(50))
+
+
+def test_without_anomaly_detector_scores_the_l2_error(digits_small, small_victim):
+    X, _ = digits_small
+    det = DAFARDetector(small_victim, use_anomaly_detector=False, **FAST).fit(X)
+    assert det.anomaly_detector_ is None
+    l2 = np.linalg.norm(_flatten(X[:30] - det.reconstruct(X[:30])), axis=1)
+    np.testing.assert_allclose(det.score_samples(X[:30]), -l2, rtol=1e-4)
+    frame = det.reconstruction_errors(X[:30])
+    np.testing.assert_allclose(frame["anomaly_score"], frame["l2"])
+
+
+def test_calibrate_moves_threshold_with_offset(digits_small, small_victim):
+    X, _ = digits_small
+    det = DAFARDetector(small_victim, **FAST).fit(X[:150])
+    det.calibrate(X[150:], fpr=0.1)
+    assert det.threshold_ == -det.offset_
+    assert np.mean(det.predict(X[150:]) == -1) <= 0.1
+
+
+# --------------------------------------------------------------------------- outputs
+def test_reconstruction_errors_frame(digits_det, digits_small):
+    X, _ = digits_small
+    frame = digits_det.reconstruction_errors(X[:9])
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 9
+    for col in ("l2", "anomaly_score", "score", "decision", "is_adversarial"):
+        assert col in frame
+    rec = digits_det.reconstruct(X[:9])
+    np.testing.assert_allclose(frame["l2"], np.linalg.norm(_flatten(rec - X[:9]), axis=1),
+                               rtol=1e-4)
+    np.testing.assert_array_equal(frame["is_adversarial"], digits_det.predict(X[:9]) == -1)
+
+
+def test_transform_in_a_pipeline(digits_small, small_victim):
+    X, y = digits_small
+    pipe = Pipeline([
+        ("purify", DAFARDetector(FrozenEstimator(small_victim), **FAST)),
+        ("flat", FunctionTransformer(_flatten)),
+        ("clf", LogisticRegression(max_iter=200)),
+    ]).fit(X[:200], y[:200])
+    assert pipe.predict(X[200:]).shape == (100,)
+    purified = pipe[:1].transform(X[:4])
+    assert purified.shape == (4, 1, 8, 8) and purified.dtype == np.float32
+    assert purified.min() >= 0 and purified.max() <= 1
+    assert pipe.score(X[200:], y[200:]) > 0.2  # reconstructions keep class information
+    np.testing.assert_allclose(pipe[0].fit_transform(X[:50]), pipe[0].transform(X[:50]))
+
+
+def test_same_seed_same_scores_other_seed_differs(digits_small, small_victim):
+    X, _ = digits_small
+    s1 = DAFARDetector(small_victim, **FAST).fit(X[:100]).score_samples(X[:20])
+    s2 = DAFARDetector(small_victim, **FAST).fit(X[:100]).score_samples(X[:20])
+    np.testing.assert_array_equal(s1, s2)
+    s3 = DAFARDetector(small_victim, **dict(FAST, random_state=1)).fit(X[:100])
+    assert not np.allclose(s1, s3.score_samples(X[:20]))
+
+
+def test_pickle_round_trip_keeps_scores(digits_det, digits_small):
+    X, _ = digits_small
+    copy = pickle.loads(pickle.dumps(digits_det))
+    np.testing.assert_array_equal(copy.score_samples(X[:10]), digits_det.score_samples(X[:10]))
+    np.testing.assert_array_equal(copy.transform(X[:3]), digits_det.transform(X[:3]))
+
+
+def test_not_fitted_and_clone(digits_small):
+    X, _ = digits_small
+    det = DAFARDetector(SmallCNN(), **FAST)
+    for method in (det.reconstruct, det.transform, det.predict_classes, det.score_samples):
+        with pytest.raises(NotFittedError):
+            method(X[:2])
+    assert clone(det).get_params()["z"] == 3.0
+
+
+@pytest.mark.parametrize("param, value, match", [
+    ("training", "both", "training"), ("decoder", "conv", "decoder"),
+    ("unpool", "max", "unpool"), ("use_anomaly_detector", "yes", "use_anomaly_detector"),
+    ("z", float("nan"), "z"), ("anomaly_max_epochs", 0, "anomaly_max_epochs"),
+    ("anomaly_hidden", (8,), "anomaly_hidden"), ("reconstruction_loss", "l1",
+                                                 "reconstruction_loss"),
+    ("max_epochs", 0, "max_epochs"), ("validation_fraction", 1.0, "validation_fraction"),
+])
+def test_invalid_parameters(digits_small, param, value, match):
+    X, _ = digits_small
+    det = DAFARDetector(SmallCNN(), **FAST).set_params(**{param: value})
+    with pytest.raises(ValueError, match=match):
+        det.fit(X[:20])
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("use_anomaly_detector", [True, False])
+def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim, use_anomaly_detector):
+    """Fit on clean MNIST; FGSM eps=0.3 examples are more anomalous than clean test images."""
+    X_tr, _, X_te, y_te = mnist_small
+    # lr 3e-3: the decoder converges in fewer steps than at the default 1e-3.
+    det = DAFARDetector(FrozenEstimator(mnist_victim), use_anomaly_detector=use_anomaly_detector,
+                        max_epochs=3, anomaly_max_epochs=5, batch_size=32, lr=3e-3,
+                        device="cpu", random_state=0).fit(X_tr[:500])
+    assert det.decoder_kind_ == "mirror"
+    assert _layer_types(det.feedback_decoder_).count("MaxUnpool2d") == 2
+    X_adv = fgsm(mnist_victim.module_, X_te, y_te, eps=0.3)
+    clean, adv = det.score_samples(X_te), det.score_samples(X_adv)
+    assert np.median(adv) < np.median(clean)
+    y = np.r_[np.ones(len(clean)), -np.ones(len(adv))]
+    assert roc_auc_score(y, np.r_[clean, adv]) > 0.8
+    assert np.mean(det.predict(X_te) == -1) < 0.2
+    purified = det.transform(X_adv)
+    assert purified.shape == X_adv.shape and purified.min() >= 0 and purified.max() <= 1
