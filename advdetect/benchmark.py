@@ -136,7 +136,7 @@ def _variants(name, det):
             variant = copy.copy(det).set_params(**params)
             variant._set_thresholds()
             out[label] = variant
-    if name == "DAFAR" and det.use_anomaly_detector:
+    if name == "DAFAR" and det.use_anomaly_detector and hasattr(det, "_set_thresholds"):
         variant = copy.copy(det).set_params(use_anomaly_detector=False)
         variant._set_thresholds()
         out["DAFAR (no C)"] = variant
