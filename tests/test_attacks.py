@@ -53,7 +53,7 @@ def model(mnist):
 
 
 @pytest.fixture(scope="module")
-def test_set(mnist, model):
+def eval_set(mnist, model):
     _, _, X, y = mnist
     return X, y
 
@@ -71,13 +71,13 @@ def correct_subset(net, X, y, n):
 # --------------------------------------------------------------------------- #
 # The attacks
 # --------------------------------------------------------------------------- #
-def test_fixture_model_is_a_reasonable_victim(model, test_set):
-    X, y = test_set
+def test_fixture_model_is_a_reasonable_victim(model, eval_set):
+    X, y = eval_set
     assert (predict(model, X) == y).mean() >= 0.75
 
 
-def test_fgsm_moves_every_attacked_image_by_eps_and_stays_in_range(model, test_set):
-    X, y = test_set[0][:40], test_set[1][:40]
+def test_fgsm_moves_every_attacked_image_by_eps_and_stays_in_range(model, eval_set):
+    X, y = eval_set[0][:40], eval_set[1][:40]
     res = generate(model, X, y, attack="fgsm", eps=0.1, random_state=0)
     assert isinstance(res, AttackResult)
     assert res.x_adv.shape == X.shape and res.x_adv.dtype == np.float32
@@ -94,8 +94,8 @@ def test_fgsm_moves_every_attacked_image_by_eps_and_stays_in_range(model, test_s
     assert res.params == {"eps": 0.1, "norm": np.inf}
 
 
-def test_success_mask_agrees_with_the_classifier(model, test_set):
-    X, y = test_set[0][:60], test_set[1][:60]
+def test_success_mask_agrees_with_the_classifier(model, eval_set):
+    X, y = eval_set[0][:60], eval_set[1][:60]
     res = generate(model, X, y, attack="fgsm", eps=0.15, random_state=0)
     pred_adv = predict(model, res.x_adv)
     np.testing.assert_array_equal(res.y_pred_adv, pred_adv)
@@ -108,8 +108,8 @@ def test_success_mask_agrees_with_the_classifier(model, test_set):
     assert "success_rate" in repr(res)
 
 
-def test_pgd_at_eps_03_fools_at_least_90_percent(model, test_set):
-    X, y = correct_subset(model, *test_set, n=48)
+def test_pgd_at_eps_03_fools_at_least_90_percent(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=48)
     res = generate(model, X, y, attack="pgd", eps=0.3, random_state=0)
     assert res.success_rate >= 0.9
     assert res.linf.max() <= 0.3 + 1e-5
@@ -117,24 +117,24 @@ def test_pgd_at_eps_03_fools_at_least_90_percent(model, test_set):
     assert res.params["max_iter"] == 40 and res.params["num_random_init"] == 1
 
 
-def test_pgd_l2_respects_its_budget(model, test_set):
-    X, y = correct_subset(model, *test_set, n=16)
+def test_pgd_l2_respects_its_budget(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=16)
     res = generate(model, X, y, attack="pgd", eps=1.5, norm=2, max_iter=10, random_state=0)
     assert res.l2.max() <= 1.5 + 1e-4
     assert res.params["eps_step"] == pytest.approx(2.5 * 1.5 / 10)
     assert res.success.any()
 
 
-def test_bim_runs_within_budget(model, test_set):
-    X, y = correct_subset(model, *test_set, n=16)
+def test_bim_runs_within_budget(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=16)
     res = generate(model, X, y, attack="bim", eps=0.2, random_state=0)
     assert res.linf.max() <= 0.2 + 1e-5
     assert res.params == {"eps": 0.2, "eps_step": pytest.approx(0.04), "max_iter": 10}
     assert res.success_rate >= 0.5
 
 
-def test_cw_fools_most_inputs_with_a_small_l2(model, test_set):
-    X, y = correct_subset(model, *test_set, n=12)
+def test_cw_fools_most_inputs_with_a_small_l2(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=12)
     res = generate(model, X, y, attack="cw", max_iter=30, binary_search_steps=3,
                    random_state=0)
     assert res.success_rate >= 0.8
@@ -145,8 +145,8 @@ def test_cw_fools_most_inputs_with_a_small_l2(model, test_set):
     assert res.params["backend"] == "torch"
 
 
-def test_cw_confidence_pushes_examples_further(model, test_set):
-    X, y = correct_subset(model, *test_set, n=8)
+def test_cw_confidence_pushes_examples_further(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=8)
     kw = dict(max_iter=30, binary_search_steps=3, random_state=0)
     low = generate(model, X, y, attack="cw_l2", confidence=0, **kw)
     high = generate(model, X, y, attack="cw_l2", confidence=3, **kw)
@@ -162,8 +162,8 @@ def test_cw_confidence_pushes_examples_further(model, test_set):
     assert bool(((other - real) > 3 - 1e-3).all())
 
 
-def test_cw_art_backend_runs(model, test_set):
-    X, y = correct_subset(model, *test_set, n=3)
+def test_cw_art_backend_runs(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=3)
     res = generate(model, X, y, attack="cw", backend="art", max_iter=3,
                    binary_search_steps=1, random_state=0)
     assert res.x_adv.shape == X.shape
@@ -172,8 +172,8 @@ def test_cw_art_backend_runs(model, test_set):
 
 
 @pytest.mark.parametrize("attack", ["deepfool", "jsma"])
-def test_minimal_attacks_run_and_return_valid_examples(model, test_set, attack):
-    X, y = correct_subset(model, *test_set, n=6)
+def test_minimal_attacks_run_and_return_valid_examples(model, eval_set, attack):
+    X, y = correct_subset(model, *eval_set, n=6)
     res = generate(model, X, y, attack=attack, batch_size=4, random_state=0)
     assert res.x_adv.shape == X.shape and res.x_adv.dtype == np.float32
     assert np.isfinite(res.x_adv).all() and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
@@ -187,8 +187,8 @@ def test_minimal_attacks_run_and_return_valid_examples(model, test_set, attack):
         assert res.mean_l2 < 5
 
 
-def test_only_correct_leaves_misclassified_inputs_untouched(model, test_set):
-    X, y = test_set
+def test_only_correct_leaves_misclassified_inputs_untouched(model, eval_set):
+    X, y = eval_set
     wrong = np.flatnonzero(predict(model, X) != y)
     assert len(wrong) >= 2
     pick = np.concatenate([wrong[:3], np.flatnonzero(predict(model, X) == y)[:7]])
@@ -206,8 +206,8 @@ def test_only_correct_leaves_misclassified_inputs_untouched(model, test_set):
     assert (res_all.x_adv[:k] != Xs[:k]).any()
 
 
-def test_same_seed_same_examples_and_caller_rng_untouched(model, test_set):
-    X, y = correct_subset(model, *test_set, n=10)
+def test_same_seed_same_examples_and_caller_rng_untouched(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=10)
     kw = dict(attack="pgd", eps=0.2, max_iter=3, random_state=3)
     np.random.seed(123)
     torch.manual_seed(123)
@@ -225,15 +225,15 @@ def test_same_seed_same_examples_and_caller_rng_untouched(model, test_set):
     assert (np.random.rand(), torch.rand(1).item()) == (after_np, after_torch)
 
 
-def test_batches_do_not_change_a_deterministic_attack(model, test_set):
-    X, y = correct_subset(model, *test_set, n=10)
+def test_batches_do_not_change_a_deterministic_attack(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=10)
     one = generate(model, X, y, attack="fgsm", eps=0.1, batch_size=256)
     many = generate(model, X, y, attack="fgsm", eps=0.1, batch_size=3)
     np.testing.assert_allclose(one.x_adv, many.x_adv, atol=1e-6)
 
 
-def test_classifier_is_left_as_it_was(test_set):
-    X, y = test_set[0][:8], test_set[1][:8]
+def test_classifier_is_left_as_it_was(eval_set):
+    X, y = eval_set[0][:8], eval_set[1][:8]
     torch.manual_seed(1)
     net = tiny_cnn().train()
     net[0].weight.requires_grad_(False)
@@ -279,8 +279,8 @@ def test_check_adversarial_rejects_degenerate_examples():
         check_adversarial(x, x_adv, y, pred, norm=1, eps=0.1)
 
 
-def test_an_attack_returning_blank_images_is_not_a_success(model, test_set, monkeypatch):
-    X, y = correct_subset(model, *test_set, n=10)
+def test_an_attack_returning_blank_images_is_not_a_success(model, eval_set, monkeypatch):
+    X, y = correct_subset(model, *eval_set, n=10)
     blank_pred = predict(model, np.zeros_like(X[:1]))[0]
     assert (y != blank_pred).any()       # a blank image "fools" on these
 
@@ -296,11 +296,11 @@ def test_an_attack_returning_blank_images_is_not_a_success(model, test_set, monk
 # --------------------------------------------------------------------------- #
 # Classifier wrappers
 # --------------------------------------------------------------------------- #
-def test_skorch_net_and_frozen_estimator(model, mnist, test_set):
+def test_skorch_net_and_frozen_estimator(model, mnist, eval_set):
     from skorch import NeuralNetClassifier
     from sklearn.frozen import FrozenEstimator
 
-    X, y = test_set[0][:12], test_set[1][:12]
+    X, y = eval_set[0][:12], eval_set[1][:12]
     net = NeuralNetClassifier(tiny_cnn, module__probabilities=True, max_epochs=1,
                               train_split=None, verbose=0)
     net.initialize()
@@ -315,8 +315,8 @@ def test_skorch_net_and_frozen_estimator(model, mnist, test_set):
         np.testing.assert_array_equal(res.success, ref.success)
 
 
-def test_probability_model_with_cw(model, test_set):
-    X, y = correct_subset(model, *test_set, n=6)
+def test_probability_model_with_cw(model, eval_set):
+    X, y = correct_subset(model, *eval_set, n=6)
     proba = nn.Sequential(model, nn.Softmax(dim=1))
     res = generate(proba, X, y, attack="cw", max_iter=30, binary_search_steps=2,
                    random_state=0)
@@ -326,8 +326,8 @@ def test_probability_model_with_cw(model, test_set):
 # --------------------------------------------------------------------------- #
 # Validation and progress
 # --------------------------------------------------------------------------- #
-def test_errors(model, test_set):
-    X, y = test_set[0][:4], test_set[1][:4]
+def test_errors(model, eval_set):
+    X, y = eval_set[0][:4], eval_set[1][:4]
     with pytest.raises(ValueError, match="unknown attack 'nope'.*fgsm.*pgd.*cw.*deepfool"):
         generate(model, X, y, attack="nope")
     with pytest.raises(ValueError, match=r"\(n, C, H, W\)"):
@@ -359,8 +359,8 @@ def test_errors(model, test_set):
     assert set(ATTACKS) >= {"fgsm", "bim", "pgd", "cw", "cw_l2", "deepfool", "jsma"}
 
 
-def test_verbose_shows_a_progress_bar(model, test_set, capsys):
-    X, y = test_set[0][:6], test_set[1][:6]
+def test_verbose_shows_a_progress_bar(model, eval_set, capsys):
+    X, y = eval_set[0][:6], eval_set[1][:6]
     generate(model, X, y, attack="fgsm", eps=0.1, batch_size=2, verbose=0)
     assert capsys.readouterr().err == ""
     generate(model, X, y, attack="fgsm", eps=0.1, batch_size=2, verbose=1)
