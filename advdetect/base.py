@@ -7,6 +7,8 @@ and learn the thresholds) and ``_score_batch`` (per-sample metrics of one batch
 of images). The base gives them the scikit-learn outlier API around those.
 """
 
+import contextlib
+import contextvars
 import copy
 import numbers
 import warnings
@@ -304,10 +306,29 @@ def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=N
     params.update({f"criterion__{k}": v for k, v in (criterion_kwargs or {}).items()})
     params.update(net_kwargs)
     net = net_cls(**params)
-    net.fit(X, y)
+    if _SKIP_TRAINING.get():
+        net.initialize()  # advdetect.persistence builds the network; it loads the weights
+    else:
+        net.fit(X, y)
     module = net.module_
     module.eval()
     return module
+
+
+# Set only by advdetect.persistence.load, which runs ``_fit`` to build the networks
+# of a saved detector before loading their weights (a context variable: a load in
+# one thread does not skip a fit in another).
+_SKIP_TRAINING = contextvars.ContextVar("advdetect_skip_training", default=False)
+
+
+@contextlib.contextmanager
+def skip_training():
+    """Within the block, :func:`train_module` builds networks without training them."""
+    token = _SKIP_TRAINING.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_TRAINING.reset(token)
 
 
 def _probe(module, x):
@@ -320,6 +341,96 @@ def _probe(module, x):
                 raise ValueError(str(exc)) from exc
             raise ValueError(
                 f"the classifier failed on inputs of shape {tuple(x.shape)}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- #
+# Input validation
+# --------------------------------------------------------------------------- #
+# Set from X by fit; restored when fit's X turns out to be invalid.
+_INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "image_shape_", "flat_input_")
+
+_EXPECTED_INPUT = ("a detector needs images of shape (n, C, H, W), (n, H, W) or flat "
+                   "(n, C*H*W) holding real pixel intensities")
+
+
+def _as_numeric_array(X):
+    """``X`` as a numpy array (or a DataFrame, kept for its column names).
+
+    Rejects, with a message that names the problem, what ``check_array`` would
+    reject obscurely or accept by accident: sparse matrices, complex numbers
+    (numpy would print the whole array), strings (numpy would parse ``"0.5"``),
+    ragged nested lists, and object arrays holding anything but real numbers.
+    Torch tensors are detached and moved to the CPU, bfloat16 (which numpy
+    lacks) widened to float32.
+    """
+    if sp.issparse(X):
+        raise ValueError(
+            "sparse input is not supported: a detector of adversarial images needs a "
+            "dense array of images of shape (n, C, H, W), (n, H, W) or (n, C*H*W).")
+    if torch.is_tensor(X):
+        X = X.detach().cpu().resolve_conj().resolve_neg()
+        if X.is_complex():
+            raise ValueError(f"Complex data not supported: X is a complex tensor ({X.dtype}); "
+                             f"{_EXPECTED_INPUT}.")
+        if X.dtype == torch.bfloat16:
+            X = X.float()
+        X = X.numpy()
+    elif isinstance(X, (list, tuple)):
+        try:
+            X = np.asarray(X)
+        except ValueError as exc:
+            raise ValueError(f"X is not a regular array (nested lists of different lengths?); "
+                             f"{_EXPECTED_INPUT}. numpy: {exc}") from None
+    if not isinstance(X, np.ndarray):
+        return X  # DataFrames and other array-likes: check_array converts them
+    kind = X.dtype.kind
+    if kind in "US":
+        raise ValueError(f"X holds strings (dtype {X.dtype}); {_EXPECTED_INPUT}. Convert "
+                         "text to numbers before calling the detector.")
+    if kind == "c":
+        raise ValueError(f"Complex data not supported: X has dtype {X.dtype}; "
+                         f"{_EXPECTED_INPUT}.")
+    if kind == "O":
+        if any(isinstance(v, (str, bytes)) for v in X.flat):
+            raise ValueError(f"X holds strings (an object array); {_EXPECTED_INPUT}.")
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            # TypeError stays a TypeError (what numpy and scikit-learn raise for it).
+            raise type(exc)(f"X is an object array that does not hold only real numbers "
+                            f"({exc}); {_EXPECTED_INPUT}.") from None
+    elif kind not in "biuf":  # datetimes, timedeltas, structured records
+        raise ValueError(f"X has dtype {X.dtype}; {_EXPECTED_INPUT}.")
+    return X
+
+
+def _clean_rows(y, n_samples):
+    """Indices of the clean rows (``y == +1``) when ``y`` holds a -1, else ``None``.
+
+    -1 cannot be a class of a torch classifier (its targets are
+    ``range(n_classes)``), so a numeric ``y`` holding -1 is read as outlier
+    labels, which must then be +1 or -1 only; any other ``y`` is not.
+    """
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.dtype.kind not in "iuf" or not np.any(y == -1):
+        return None
+    if len(y) != n_samples:
+        raise ValueError(f"y has {len(y)} labels for {n_samples} samples.")
+    other = np.unique(y[(y != 1) & (y != -1)])
+    if other.size:
+        raise ValueError(
+            f"y holds -1 (adversarial, in the outlier convention: +1 clean, -1 adversarial) "
+            f"and also the value(s) {other[:5].tolist()}: outlier labels must be +1 or -1 "
+            "only, and -1 is never a class label of a torch classifier.")
+    keep = np.flatnonzero(y == 1)
+    if keep.size == 0:
+        raise ValueError("y marks every sample as adversarial (-1): fit needs clean images "
+                         "(y == +1) to train on.")
+    return keep
 
 
 # --------------------------------------------------------------------------- #
@@ -339,13 +450,44 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ input
     def _validate_images(self, X, reset):
-        """Validate ``X`` and return float32 ``(n, C, H, W)`` (see DESIGN's input list)."""
-        if sp.issparse(X):
-            raise ValueError(
-                "sparse input is not supported: a detector of adversarial images needs a "
-                "dense array of images of shape (n, C, H, W), (n, H, W) or (n, C*H*W).")
-        if torch.is_tensor(X):
-            X = X.detach().cpu().numpy()
+        """Validate ``X`` and return float32 ``(n, C, H, W)`` (see DESIGN's input list).
+
+        With ``reset=True`` (``fit``) the input attributes (``n_features_in_``,
+        ``feature_names_in_``, ``image_shape_``, ``flat_input_``) are set only
+        when ``X`` is valid: an input error leaves a fitted detector as it was.
+        """
+        if not reset:
+            return self._check_images(X, reset=False)
+        return self._validate_fit_data(X, None)[0]
+
+    def _validate_fit_data(self, X, y):
+        """``fit``'s ``(images, y)``, adversarial rows left out under the outlier convention.
+
+        A ``y`` holding -1 marks adversarial rows (see :meth:`fit`); unless the
+        detector trains on class labels (``_fit_uses_class_labels``), only the
+        rows with ``y == +1`` are returned, with ``y = None``. Any other ``y`` is
+        returned as it is. The input attributes are set only when both are valid.
+        """
+        saved = {k: v for k, v in vars(self).items() if k in _INPUT_ATTRIBUTES}
+        try:
+            images = self._check_images(X, reset=True)
+            if not self._fit_uses_class_labels():
+                keep = _clean_rows(y, len(images))
+                if keep is not None:
+                    images, y = images[keep], None
+            return images, y
+        except Exception:
+            for name in _INPUT_ATTRIBUTES:
+                vars(self).pop(name, None)
+            vars(self).update(saved)
+            raise
+
+    def _fit_uses_class_labels(self):
+        """Whether ``fit`` trains on class labels ``y`` (then -1 is not read as adversarial)."""
+        return False
+
+    def _check_images(self, X, reset):
+        X = _as_numeric_array(X)
         ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
         input_shape = self.input_shape
         if ndim == 2:
@@ -386,6 +528,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 f"X must be 2-D (n, C*H*W), 3-D (n, H, W) or 4-D (n, C, H, W); got an array "
                 f"with {ndim} dimension(s).{hint}")
         images = np.asarray(images, dtype=np.float32)
+        if 0 in images.shape[1:]:
+            raise ValueError(f"X has images of shape {images.shape[1:]}: every image "
+                             "dimension (C, H, W) must be at least 1.")
         if self._value_range is not None:
             lo, hi = self._value_range
             xmin, xmax = float(images.min()), float(images.max())
@@ -478,8 +623,19 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or (n_samples, C*H*W)
-            Clean images with values in [0, 1].
-        y : ignored, or class labels where a subclass uses them.
+            Clean images with values in [0, 1] (or clean and adversarial images
+            labelled by ``y``).
+        y : array-like of shape (n_samples,), default=None
+            Labels in scikit-learn's outlier convention, as
+            :func:`~advdetect.model_selection.make_detection_dataset` and
+            :class:`~advdetect.model_selection.CleanTrainSplit` use them: +1
+            clean, -1 adversarial. If ``y`` holds a -1, the detector is fitted
+            on the rows with ``y == +1`` only, so ``GridSearchCV(refit=True)``
+            and ``cross_validate`` on such data train on clean images; ``y``
+            must then hold nothing but +1 and -1. Any other ``y`` (class
+            labels, for instance) is ignored, except by detectors that train on
+            class labels (``DAFARDetector(training="joint")``), which read it
+            as class labels and reject -1.
 
         Returns
         -------
@@ -488,7 +644,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._check_params()
         self.device_ = resolve_device(getattr(self, "device", "cpu"))
         rng = seed_everything(getattr(self, "random_state", None))
-        X = self._validate_images(X, reset=True)
+        X, y = self._validate_fit_data(X, y)
         self._fit(X, y, rng)
         return self
 
@@ -504,21 +660,30 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 
     # ------------------------------------------------------------- scoring
-    def _metrics(self, X):
-        """Per-sample metrics as a dict of float64 numpy arrays (batched, no grad)."""
+    def _metrics(self, X, every=False):
+        """Per-sample metrics as a dict of float64 numpy arrays (batched, no grad).
+
+        ``every=False`` computes what the score needs (``_score_batch``);
+        ``every=True`` every metric the detector reports (``_all_metrics_batch``).
+        """
         check_is_fitted(self)
         X = self._validate_images(X, reset=False)
         self._eval_mode()
         keys = None
+        score_batch = self._all_metrics_batch if every else self._score_batch
 
         def fn(xb):
             nonlocal keys
-            out = self._score_batch(xb)
+            out = score_batch(xb)
             keys = list(out)
             return tuple(out[k] for k in keys)
 
         arrays = batched(fn, X, self.batch_size, self.device_)
         return {k: np.asarray(a, dtype=np.float64) for k, a in zip(keys, arrays)}
+
+    def _all_metrics_batch(self, xb):
+        """Every per-sample metric of one batch; by default those of the score."""
+        return self._score_batch(xb)
 
     def _eval_mode(self):
         for value in vars(self).values():
@@ -577,11 +742,38 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             The detector's metrics, ``score``, ``decision`` (``score - offset_``)
             and ``is_adversarial`` (the prediction, as a bool).
         """
-        metrics = self._metrics(X)
+        metrics = self._metrics(X, every=True)
         frame = pd.DataFrame(metrics)
         frame["decision"] = frame["score"] - self.offset_
         frame["is_adversarial"] = frame["decision"] < 0
         return frame
+
+    def recalibrate(self):
+        """Re-learn the thresholds for the current parameters, without retraining.
+
+        The fitted detector keeps the scores of its clean calibration images;
+        after ``set_params`` of a threshold parameter (CMAG's ``stage``,
+        ``criterion``, ``threshold_quantile``, ``confidence_test``; DAFAR's
+        ``z``, ``use_anomaly_detector``) this gives the thresholds that a refit
+        with the same networks would learn. ``offset_`` is reset to 0.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        NotImplementedError
+            For a detector that keeps no calibration scores (refit it).
+        """
+        check_is_fitted(self)
+        if not hasattr(self, "_set_thresholds"):
+            raise NotImplementedError(
+                f"{type(self).__name__} keeps no calibration scores and cannot re-learn its "
+                f"thresholds; call fit again, or move offset_ with calibrate(X, fpr)")
+        self._check_params()
+        self._set_thresholds()
+        return self
 
     def calibrate(self, X, fpr=0.01):
         """Move the threshold to a target false-positive rate on clean images.
@@ -613,3 +805,103 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.input_tags.three_d_array = True
         return tags
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path):
+        """Save the fitted detector to one file that cannot execute code when loaded.
+
+        A safetensors file: network weights and numeric arrays as tensors, the
+        parameters and other fitted attributes as a JSON header with a SHA-256
+        digest (:mod:`advdetect.persistence` describes the format). The
+        classifier's architecture is not stored: pass it to :meth:`load`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            File to write (``.safetensors`` is the customary suffix).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            When the detector is not fitted.
+        ValueError
+            When a parameter has a type the format cannot store (an optimizer
+            from outside ``torch.optim``, for example).
+
+        See Also
+        --------
+        load : the inverse; advdetect.persistence.save : the same as a function.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from advdetect import CMAGDetector
+        >>> from advdetect.models import SmallCNN
+        >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+        >>> victim = SmallCNN()
+        >>> det = CMAGDetector(victim, max_epochs=1, device="cpu", random_state=0).fit(X)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     det.save(os.path.join(tmp, "cmag.safetensors"))
+        ...     again = CMAGDetector.load(os.path.join(tmp, "cmag.safetensors"), victim)
+        >>> bool(np.array_equal(again.score_samples(X), det.score_samples(X)))
+        True
+        """
+        from .persistence import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path, classifier=None, device=None):
+        """Load a detector saved by :meth:`save`; nothing in the file is executed.
+
+        The networks are built by advdetect's own code from the saved
+        parameters and shapes and filled with the saved weights.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+        classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
+            The protected classifier, as given at construction (the same
+            architecture); the detector's saved copy of its weights is loaded
+            into a new copy, and the object passed in is not modified. Not
+            needed by :class:`~advdetect.MagNetDetector`.
+        device : str or None, default=None
+            ``None``: the saved ``device`` parameter, resolved by
+            :func:`resolve_device` (a detector fitted on CUDA loads onto the
+            CPU, with a warning, where CUDA is absent).
+
+        Returns
+        -------
+        detector
+            The fitted detector. Called on a detector class, the file must hold
+            that class; ``BaseDetector.load`` loads any advdetect detector.
+
+        Raises
+        ------
+        ValueError
+            When the file is not an advdetect detector file, is of a newer
+            format version, fails its digest check, holds another class, or
+            when ``classifier`` does not match the saved classifier weights.
+        TypeError
+            When the detector needs a classifier and none is given.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from advdetect import MagNetDetector
+        >>> from advdetect.base import BaseDetector
+        >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+        >>> det = MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     det.save(os.path.join(tmp, "magnet.safetensors"))
+        ...     again = BaseDetector.load(os.path.join(tmp, "magnet.safetensors"))
+        >>> type(again).__name__, bool(np.array_equal(again.predict(X), det.predict(X)))
+        ('MagNetDetector', True)
+        """
+        from .persistence import load
+
+        return load(path, classifier, device=device,
+                    expected_class=None if cls is BaseDetector else cls)
