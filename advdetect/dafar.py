@@ -144,7 +144,16 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     offset_ : float
         ``-threshold_``: ``decision_function = threshold_ - anomaly score``.
     calibration_scores_ : ndarray of shape (``n_calibration_``,)
-        Anomaly scores of the held-out clean images alpha was learned on.
+        Scores of the held-out clean images alpha was learned on: the anomaly
+        scores with C, ``||delta||_2`` without.
+    calibration_l2_ : ndarray of shape (``n_calibration_``,)
+        ``||delta||_2`` of the held-out clean images.
+    scores_with_anomaly_detector_ : bool
+        Whether scores use C: ``use_anomaly_detector`` as it was at the last
+        ``fit`` or :meth:`recalibrate` (a later ``set_params`` alone does not
+        change the scorer, so scores and alpha always match).
+    calibration_anomaly_scores_ : ndarray of shape (``n_calibration_``,) or None
+        ``||delta - C(delta)||_2`` of the held-out clean images (None without C).
     calibration_indices_ : ndarray of shape (``n_calibration_``,)
         Their positions in the ``X`` given to ``fit``.
     n_calibration_ : int
@@ -237,6 +246,42 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
+    #: The paper's recipe (Sections 4-5), as parameters.
+    PAPER_PARAMS = dict(decoder="mirror", unpool="indices", use_anomaly_detector=True, z=3.0,
+                        validation_fraction=0.0, reconstruction_loss="l2", lr=1e-3,
+                        optimizer=torch.optim.Adam)
+
+    @classmethod
+    def paper(cls, classifier=None, **params):
+        """A detector with the paper's recipe: mirrored decoder, C, alpha on the training set.
+
+        Table 2's decoder (max-unpooling at the encoder's indices), Table 3's
+        anomaly detector, the L2 reconstruction loss of Eq. (7), Adam, and
+        alpha = mean + 3 sigma of the clean training scores (Eq. 9; pass
+        ``z=2`` for CIFAR-10, as the paper does). ``training`` stays
+        ``"plugin"``; pass ``training="joint"`` (and labels to ``fit``) for the
+        paper's jointly trained victim.
+
+        Parameters
+        ----------
+        classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator
+        **params
+            Any other constructor parameter.
+
+        Returns
+        -------
+        DAFARDetector
+            Unfitted.
+
+        Examples
+        --------
+        >>> from advdetect import DAFARDetector
+        >>> det = DAFARDetector.paper(z=2.0)
+        >>> det.validation_fraction, det.z, det.use_anomaly_detector
+        (0.0, 2.0, True)
+        """
+        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+
     # ------------------------------------------------------------ parameters
     def _check_params(self):
         super()._check_params()
@@ -270,12 +315,24 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             raise ValueError("y must hold integer class labels in range(n_classes) for "
                              "training='joint'")
         y = y.astype(np.int64)
+        if np.any(y == -1) or np.unique(y).size == 1:
+            # +1/-1 are the outlier convention's clean/adversarial labels
+            # (CleanTrainSplit hands fit an all-+1 y): joint training would take
+            # them for classes and wreck the classifier copy.
+            raise ValueError(
+                "training='joint' reads y as class labels (range(n_classes)), and this y "
+                f"holds {'-1' if np.any(y == -1) else 'a single class'}: outlier labels "
+                "(+1 clean, -1 adversarial) cannot be used here. Fit on clean images with "
+                "their class labels, or use training='plugin'.")
         if y.min() < 0 or y.max() >= self.n_classes_:
             raise ValueError(f"y must hold class labels in range({self.n_classes_}) (the "
                              f"classifier's outputs); got labels in [{y.min()}, {y.max()}]")
         return y
 
     # ------------------------------------------------------------------ fit
+    def _fit_uses_class_labels(self):
+        return self.training == "joint"
+
     def _fit(self, X, y, rng):
         joint = self.training == "joint"
         if joint and y is None:
@@ -316,16 +373,33 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         else:
             self.anomaly_detector_ = None
 
-        # Eq. (9) on held-out clean data. The paper prints sigma / n, a misprint
-        # for the right edge of the z-sigma interval that its text describes.
-        scores = batched(self._anomaly_score, delta[cal_idx], self.batch_size, self.device_)
-        scores = np.asarray(scores, dtype=np.float64)
+        # Both scores of the held-out clean images are kept, so that alpha can be
+        # re-learned for another z, or without C, with no retraining.
+        l2, anomaly = batched(lambda d: (d.norm(dim=1), self._anomaly_score(d, use_c=True)),
+                              delta[cal_idx], self.batch_size, self.device_)
+        self.calibration_l2_ = np.asarray(l2, dtype=np.float64)
+        self.calibration_anomaly_scores_ = None if self.anomaly_detector_ is None else \
+            np.asarray(anomaly, dtype=np.float64)
+        self.calibration_indices_ = cal_idx
+        self.n_calibration_ = len(cal_idx)
+        self._set_thresholds()
+
+    def _set_thresholds(self):
+        """Eq. (9) on the kept calibration scores, for the current ``z`` and scorer.
+
+        The paper prints ``alpha = mean + z * sigma / n``, a misprint for the right
+        edge of the z-sigma interval that its text describes (Section 4.4.3).
+        """
+        if self.use_anomaly_detector and self.anomaly_detector_ is None:
+            raise ValueError("use_anomaly_detector=True, but this detector was fitted without "
+                             "the anomaly detector C: refit it to score with C.")
+        scores = self.calibration_anomaly_scores_ if self.use_anomaly_detector \
+            else self.calibration_l2_
         sigma = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
         self.threshold_ = float(np.mean(scores) + self.z * sigma)
         self.offset_ = -self.threshold_
         self.calibration_scores_ = scores
-        self.calibration_indices_ = cal_idx
-        self.n_calibration_ = len(cal_idx)
+        self.scores_with_anomaly_detector_ = bool(self.use_anomaly_detector)
 
     def _plan_decoder(self, hooked, X):
         """Decoder spec (plain data for skorch) and the pooling layers it reads."""
@@ -353,9 +427,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         return spec, [model.get_submodule(n) for n in pool_names]
 
     # -------------------------------------------------------------- forward
-    def _anomaly_score(self, delta):
+    def _anomaly_score(self, delta, use_c=None):
         """||delta - C(delta)||_2, or ||delta||_2 without C (delta flattened)."""
-        if self.anomaly_detector_ is None:
+        # The scorer that the thresholds were learned for, not a later set_params.
+        use_c = self.scores_with_anomaly_detector_ if use_c is None else use_c
+        if not use_c or self.anomaly_detector_ is None:
             return delta.norm(dim=1)
         return (delta - self.anomaly_detector_(delta)).norm(dim=1)
 

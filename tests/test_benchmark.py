@@ -24,8 +24,8 @@ def test_tables_have_every_detector_and_attack(tiny_run):
     res = tables["results"]
     assert set(res["attack"]) == {"fgsm:0.3", "pgd:0.3"}
     # CMAG plus its no-retraining variants and the max-softmax floor.
-    assert {"CMAG", "CMAG (paper)", "CMAG fmr ssim", "CMAG all ssim", "Max softmax (floor)"} <= \
-        set(res["detector"])
+    assert {"CMAG", "CMAG (paper)", "CMAG gr ssim", "CMAG fmr ssim", "CMAG all ssim",
+            "Max softmax (floor)"} <= set(res["detector"])
     assert res["roc_auc"].between(0, 1).all()
     assert res["clean_fpr"].between(0, 1).all()
     assert (res["n_adversarial"] > 0).all()
@@ -50,10 +50,28 @@ def test_outputs_written(tiny_run):
     assert "ROC-AUC" in md and "CMAG (paper)" in md and md == format_report(tables)
 
 
-def test_strict_paper_variant_has_no_more_false_positives(tiny_run):
-    res = tiny_run[0]["results"]
-    fpr = res.groupby("detector")["clean_fpr"].first()
-    assert fpr["CMAG (paper)"] <= fpr["CMAG"]
+def test_variants_share_networks_and_leave_the_detector_alone(digits_small, small_victim):
+    from sklearn.frozen import FrozenEstimator
+
+    from advdetect import CMAGDetector, DAFARDetector
+    from advdetect.benchmark import _variants
+
+    X, _ = digits_small
+    fast = dict(max_epochs=1, device="cpu", random_state=0)
+    cmag = CMAGDetector(FrozenEstimator(small_victim), **fast).fit(X)
+    before = cmag.thresholds_.copy()
+    variants = _variants("CMAG", cmag)
+    paper = variants["CMAG (paper)"]
+    assert (paper.stage, paper.criterion, paper.threshold_quantile) == ("gr", "both", 0.0)
+    assert paper.gr_ is cmag.gr_ and paper.threshold_ssim_ == \
+        cmag.calibration_metrics_["ssim_gr"].min()
+    assert variants["CMAG fmr ssim"].confidence_test is False
+    assert cmag.stage == "fmr" and cmag.thresholds_.equals(before)
+    dafar = DAFARDetector(FrozenEstimator(small_victim), anomaly_max_epochs=1, **fast).fit(X)
+    no_c = _variants("DAFAR", dafar)["DAFAR (no C)"]
+    assert not no_c.scores_with_anomaly_detector_ and dafar.scores_with_anomaly_detector_
+    l2 = dafar.calibration_l2_
+    assert no_c.threshold_ == pytest.approx(l2.mean() + dafar.z * l2.std(ddof=1))
 
 
 def test_parse_attack_and_markdown():

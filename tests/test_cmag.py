@@ -28,7 +28,11 @@ def test_fitted_attributes(digits_det, digits_small):
     assert det.feature_layer_ == "features.pool1"
     assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
     assert set(det.thresholds_.index) == {"fmr", "lr", "gr"}
-    assert det.threshold_ssim_ == det.thresholds_.loc["gr", "ssim"]
+    # Defaults: FMR's SSIM test and the confidence test (see the class docstring).
+    assert (det.stage, det.criterion, det.confidence_test) == ("fmr", "ssim", True)
+    assert det.threshold_ssim_ == det.thresholds_.loc["fmr", "ssim"]
+    assert det.confidence_threshold_ == pytest.approx(
+        np.quantile(det.calibration_metrics_["confidence"], 0.01, method="lower"))
     assert len(det.calibration_metrics_) == round(0.2 * len(X))
     assert det.offset_ == 0.0
     for name in ("fmr_", "lr_", "gr_"):
@@ -49,21 +53,22 @@ def test_reconstruction_errors_frame(digits_det, digits_small):
     X, _ = digits_small
     frame = digits_det.reconstruction_errors(X[:9])
     assert isinstance(frame, pd.DataFrame) and len(frame) == 9
-    for col in ("ssim", "l2", "ssim_fmr", "l2_lr", "ssim_gr", "score", "decision",
+    for col in ("ssim", "l2", "ssim_fmr", "l2_lr", "ssim_gr", "confidence", "score", "decision",
                 "is_adversarial"):
         assert col in frame
     np.testing.assert_allclose(frame["score"], digits_det.score_samples(X[:9]))
     np.testing.assert_array_equal(frame["is_adversarial"], digits_det.predict(X[:9]) == -1)
-    # The L2 column is Eq. (3) on GR's reconstruction.
-    rec = digits_det.reconstruct(X[:9])
+    # The L2 column is Eq. (3) on the scored stage's reconstruction (FMR by default).
+    np.testing.assert_array_equal(frame["l2"], frame["l2_fmr"])
+    rec = digits_det.reconstruct(X[:9], stage="fmr")
     np.testing.assert_allclose(frame["l2"], np.linalg.norm((rec - X[:9]).reshape(9, -1), axis=1),
                                rtol=1e-4)
 
 
 def test_strict_thresholds_are_algorithm_2(digits_small, small_victim):
     X, _ = digits_small
-    det = CMAGDetector(small_victim, threshold_quantile=0.0, validation_fraction=0.0,
-                       **FAST).fit(X)
+    det = CMAGDetector.paper(small_victim, **FAST).fit(X)
+    assert (det.stage, det.criterion, det.confidence_test) == ("gr", "both", False)
     frame = det.reconstruction_errors(X)
     # Thr_SSIM = min over the training set, Thr_L2 = max: no training image is flagged.
     assert det.threshold_ssim_ == pytest.approx(frame["ssim_gr"].min(), abs=1e-6)
@@ -75,7 +80,8 @@ def test_criterion_semantics(digits_small, small_victim):
     X, _ = digits_small
     frames = {}
     for criterion in ("ssim", "l2", "both"):
-        det = CMAGDetector(small_victim, criterion=criterion, threshold_quantile=0.1, **FAST)
+        det = CMAGDetector(small_victim, criterion=criterion, stage="gr", confidence_test=False,
+                           threshold_quantile=0.1, **FAST)
         frames[criterion] = det.fit(X).reconstruction_errors(X)
         thr = det.thresholds_.loc["gr"]
         f = frames[criterion]
@@ -86,6 +92,62 @@ def test_criterion_semantics(digits_small, small_victim):
     # "both" flags the union of the two single tests (same seed, same networks).
     union = frames["ssim"]["is_adversarial"] | frames["l2"]["is_adversarial"]
     np.testing.assert_array_equal(frames["both"]["is_adversarial"], union)
+
+
+def test_confidence_test_flags_low_margins(digits_small, small_victim):
+    X, _ = digits_small
+    det = CMAGDetector(small_victim, stage="fmr", criterion="ssim", threshold_quantile=0.1,
+                       **FAST).fit(X)
+    f = det.reconstruction_errors(X)
+    fail_ssim = f["ssim_fmr"] < det.threshold_ssim_
+    fail_conf = f["confidence"] < det.confidence_threshold_
+    assert fail_conf.any() and not fail_conf.all()
+    np.testing.assert_array_equal(f["is_adversarial"], fail_ssim | fail_conf)
+    # The margin is log p_max - log(1 - p_max), from the victim's logits.
+    logits = small_victim.module_(torch.as_tensor(X[:20])).detach().double()
+    p = torch.softmax(logits, 1).max(1).values
+    np.testing.assert_allclose(f["confidence"][:20], torch.log(p / (1 - p)), rtol=1e-3, atol=1e-3)
+    det.set_params(confidence_test=False).recalibrate()
+    np.testing.assert_array_equal(det.predict(X) == -1, fail_ssim)
+
+
+def test_recalibrate_matches_a_refit(digits_small, small_victim):
+    """Threshold parameters act on kept calibration metrics: no retraining needed."""
+    X, _ = digits_small
+    det = CMAGDetector(FrozenEstimator(small_victim), **FAST).fit(X)
+    params = dict(stage="gr", criterion="both", threshold_quantile=0.05, confidence_test=False)
+    refit = clone(det).set_params(**params).fit(X)
+    det.set_params(**params).recalibrate()
+    pd.testing.assert_frame_equal(det.thresholds_, refit.thresholds_)
+    np.testing.assert_allclose(det.score_samples(X[:30]), refit.score_samples(X[:30]), rtol=1e-6)
+    det.set_params(threshold_quantile=0.9)
+    with pytest.raises(ValueError, match="threshold_quantile"):
+        det.recalibrate()
+
+
+def test_scoring_runs_only_the_scored_stage(digits_det, digits_small):
+    X, _ = digits_small
+    calls = {"fmr": 0, "lr": 0, "gr": 0}
+    hooks = [getattr(digits_det, f"{s}_").register_forward_hook(
+        lambda *a, s=s: calls.__setitem__(s, calls[s] + 1)) for s in calls]
+    try:
+        digits_det.score_samples(X[:10])
+        assert calls == {"fmr": 1, "lr": 0, "gr": 0}
+        digits_det.reconstruction_errors(X[:10])  # every stage's metrics
+        assert calls == {"fmr": 2, "lr": 1, "gr": 1}
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_paper_constructor():
+    det = CMAGDetector.paper(SmallCNN(), max_epochs=3, mu_gr=0.2)
+    params = det.get_params()
+    for key, value in CMAGDetector.PAPER_PARAMS.items():
+        if key != "mu_gr":
+            assert params[key] == value
+    assert params["mu_gr"] == 0.2 and params["max_epochs"] == 3
+    assert isinstance(det.classifier, SmallCNN)
 
 
 def test_stage_all_flags_union_of_stages(digits_small, small_victim):
@@ -154,3 +216,6 @@ def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim):
     assert roc_auc_score(y, np.r_[clean, adv]) > 0.8
     assert np.mean(det.predict(X_adv) == -1) > 0.5
     assert np.mean(det.predict(X_te) == -1) < 0.2
+    # The paper's scoring (GR, both tests) on the same networks ranks them too.
+    det.set_params(stage="gr", criterion="both", confidence_test=False).recalibrate()
+    assert roc_auc_score(y, np.r_[det.score_samples(X_te), det.score_samples(X_adv)]) > 0.8

@@ -238,6 +238,42 @@ def test_without_anomaly_detector_scores_the_l2_error(digits_small, small_victim
     np.testing.assert_allclose(frame["anomaly_score"], frame["l2"])
 
 
+def test_recalibrate_for_z_and_without_c_matches_a_refit(digits_small, small_victim):
+    """Both calibration scores are kept: z and the scorer change with no retraining."""
+    X, _ = digits_small
+    det = DAFARDetector(FrozenEstimator(small_victim), **FAST).fit(X)
+    frame = det.reconstruction_errors(X[det.calibration_indices_])
+    np.testing.assert_allclose(det.calibration_l2_, frame["l2"], rtol=1e-5)
+    np.testing.assert_allclose(det.calibration_anomaly_scores_, frame["anomaly_score"], rtol=1e-5)
+    det.set_params(z=1.0).recalibrate()
+    refit = clone(det).fit(X)
+    assert det.threshold_ == pytest.approx(refit.threshold_, rel=1e-6)
+    l2 = det.calibration_l2_
+    before = det.score_samples(X[:20])
+    det.set_params(use_anomaly_detector=False)  # no effect until recalibrate()
+    np.testing.assert_array_equal(det.score_samples(X[:20]), before)
+    det.recalibrate()
+    assert not det.scores_with_anomaly_detector_
+    assert det.threshold_ == pytest.approx(l2.mean() + 1.0 * l2.std(ddof=1))
+    np.testing.assert_allclose(det.score_samples(X[:20]),
+                               -np.linalg.norm(_flatten(X[:20] - det.reconstruct(X[:20])), axis=1),
+                               rtol=1e-4)
+    # A detector fitted without C cannot score with it: refit, not recalibrate.
+    no_c = DAFARDetector(small_victim, use_anomaly_detector=False, **FAST).fit(X)
+    assert no_c.calibration_anomaly_scores_ is None
+    with pytest.raises(ValueError, match="without the anomaly detector"):
+        no_c.set_params(use_anomaly_detector=True).recalibrate()
+    assert no_c.predict(X[:5]).shape == (5,)
+
+
+def test_paper_constructor():
+    det = DAFARDetector.paper(SmallCNN(), z=2.0)
+    params = det.get_params()
+    assert params["validation_fraction"] == 0.0 and params["z"] == 2.0
+    assert params["decoder"] == "mirror" and params["unpool"] == "indices"
+    assert params["use_anomaly_detector"] and params["training"] == "plugin"
+
+
 def test_calibrate_moves_threshold_with_offset(digits_small, small_victim):
     X, _ = digits_small
     det = DAFARDetector(small_victim, **FAST).fit(X[:150])
