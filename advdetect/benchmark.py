@@ -17,6 +17,7 @@ The ``advdetect demo`` and ``advdetect benchmark`` commands and
 """
 
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -28,8 +29,8 @@ import torch
 
 from .metrics import detection_report
 
-__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "parse_attack", "run_benchmark",
-           "to_markdown"]
+__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "parse_attack",
+           "prepare_benchmark", "run_benchmark", "to_markdown"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
 DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
@@ -170,9 +171,135 @@ class _MaxSoftmax:
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
 
+def _jsonable(params):
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else
+                v if isinstance(v, (int, str, bool, type(None))) else str(v))
+            for k, v in params.items()}
+
+
+def _cache_key(**fields):
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train=4000,
+                      n_test=1000, n_attack=500, victim_epochs=15, cache_dir=None, verbose=0,
+                      log=print):
+    """Data, victim and adversarial examples of a benchmark, cached if asked.
+
+    The shared first half of :func:`run_benchmark` and of the scripts in
+    ``benchmarks/``: load the data, subsample it with ``seed``, train the
+    victim on the training images, and attack the first ``n_attack``
+    correctly classified test images with each attack.
+
+    Parameters
+    ----------
+    dataset : {"subset", "full", "digits"}, default="subset"
+    attacks : list of str, default=DEMO_ATTACKS
+        ``"name:strength"``, each run with the attack's defaults otherwise.
+    seed : int, default=0
+    n_train, n_test, n_attack, victim_epochs : int
+        As in :func:`run_benchmark`.
+    cache_dir : str or None, default=None
+        If given, the victim's weights (``victim-<key>.pt``, loaded with
+        ``weights_only=True``) and each attack's result (``attack-<key>.npz``,
+        read without pickles) are stored there, keyed by a hash of every
+        setting they depend on and the torch version, and reused by later runs.
+    verbose : int, default=0
+    log : callable, default=print
+
+    Returns
+    -------
+    dict
+        ``X_train, y_train, X_test, y_test`` (arrays), ``victim`` (fitted skorch
+        net), ``victim_accuracy``, ``sources`` (indices into the test set of the
+        attacked images), ``results`` (``{spec: AttackResult}``) and ``attacks``
+        (the attack table: success rate, mean L2 / L-infinity, seconds).
+
+    Examples
+    --------
+    >>> prep = prepare_benchmark("digits", ["fgsm:0.3"], n_train=200, n_test=50,
+    ...                          n_attack=20, victim_epochs=2, log=lambda *_: None)
+    >>> sorted(prep["results"]), len(prep["sources"]) <= 20
+    (['fgsm:0.3'], True)
+    """
+    from .attacks import AttackResult, generate
+    from .datasets import load_digits, load_mnist
+    from .models import train_classifier
+
+    if dataset == "digits":
+        X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
+    else:
+        X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
+    rng = np.random.default_rng(seed)
+    if n_train and n_train < len(X_tr):
+        keep = np.sort(rng.choice(len(X_tr), n_train, replace=False))
+        X_tr, y_tr = X_tr[keep], y_tr[keep]
+    if n_test and n_test < len(X_te):
+        keep = np.sort(rng.choice(len(X_te), n_test, replace=False))
+        X_te, y_te = X_te[keep], y_te[keep]
+
+    base_key = dict(dataset=dataset, seed=seed, n_train=len(X_tr), n_test=len(X_te),
+                    victim_epochs=victim_epochs, torch=torch.__version__)
+    if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+    victim_path = cache_dir and os.path.join(cache_dir, f"victim-{_cache_key(**base_key)}.pt")
+    t0 = time.perf_counter()
+    if victim_path and os.path.exists(victim_path):
+        # A net of the same architecture (no training), then the cached weights.
+        victim = train_classifier(X_tr, y_tr, max_epochs=0, random_state=seed)
+        victim.module_.load_state_dict(torch.load(victim_path, weights_only=True,
+                                                  map_location=victim.device))
+        how = f"loaded from {victim_path}"
+    else:
+        victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, batch_size=64,
+                                  random_state=seed)
+        if victim_path:
+            torch.save(victim.module_.state_dict(), victim_path)
+        how = f"trained in {time.perf_counter() - t0:.1f} s"
+    victim.module_.eval()
+    predicted = victim.predict(X_te)
+    accuracy = float((predicted == y_te).mean())
+    log(f"victim: {type(victim.module_).__name__}, {len(X_tr)} training images, "
+        f"test accuracy {accuracy:.4f} on {len(X_te)} images ({how})")
+
+    sources = np.flatnonzero(predicted == y_te)[:n_attack]
+    results, rows = {}, []
+    for spec in attacks:
+        name, params = parse_attack(spec)
+        path = cache_dir and os.path.join(cache_dir, "attack-" + _cache_key(
+            **base_key, spec=spec, params=params, n_attack=len(sources)) + ".npz")
+        if path and os.path.exists(path):
+            with np.load(path, allow_pickle=False) as d:
+                res = AttackResult(attack=str(d["attack"]), x_adv=d["x_adv"],
+                                   success=d["success"], attacked=d["attacked"],
+                                   y_pred_adv=d["y_pred_adv"], l2=d["l2"], linf=d["linf"],
+                                   seconds=float(d["seconds"]),
+                                   params=json.loads(str(d["params"])))
+        else:
+            res = generate(victim, X_te[sources], y_te[sources], attack=name, batch_size=256,
+                           random_state=seed, verbose=verbose, **params)
+            if path:
+                np.savez_compressed(path, attack=res.attack, x_adv=res.x_adv,
+                                    success=res.success, attacked=res.attacked,
+                                    y_pred_adv=res.y_pred_adv, l2=res.l2, linf=res.linf,
+                                    seconds=res.seconds,
+                                    params=json.dumps(_jsonable(res.params)))
+        results[spec] = res
+        rows.append(dict(attack=spec, attacked=res.n_attacked, success_rate=res.success_rate,
+                         n_adversarial=int(res.success.sum()), mean_l2=res.mean_l2,
+                         mean_linf=res.mean_linf, seconds=res.seconds))
+        log(f"attack {spec}: {res.success_rate:.1%} of {res.n_attacked} fooled, mean L2 "
+            f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ({res.seconds:.1f} s)")
+    return dict(X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te, victim=victim,
+                victim_accuracy=accuracy, sources=sources, results=results,
+                attacks=pd.DataFrame(rows))
+
+
 def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
                   n_train=4000, n_test=1000, n_attack=500, victim_epochs=15,
-                  detector_epochs=None, output=None, plots=True, verbose=1, log=print):
+                  detector_epochs=None, output=None, plots=True, cache_dir=None, verbose=1,
+                  log=print):
     """Run the comparison and return its tables.
 
     Parameters
@@ -200,65 +327,37 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         Folder for ``results.csv``, ``results.md``, ``attacks.csv``,
         ``timing.csv``, ``settings.json`` and the plots.
     plots : bool, default=True
+    cache_dir : str or None, default=None
+        Folder where the victim's weights and the adversarial examples are
+        kept between runs (see :func:`prepare_benchmark`).
     verbose : int, default=1
         Passed to the detectors and attacks (progress bars).
     log : callable, default=print
 
     Returns
     -------
-    dict of pandas.DataFrame
-        ``{"attacks": ..., "results": ..., "timing": ..., "settings": ...}``.
+    dict
+        ``"attacks"``, ``"results"``, ``"timing"`` (DataFrames), ``"settings"``
+        (dict) and ``"detectors"`` (the fitted detectors and their
+        no-retraining variants, by display name).
     """
-    from .attacks import generate
-    from .datasets import load_digits, load_mnist
-    from .models import train_classifier
-
     started = time.perf_counter()
     settings = dict(dataset=dataset, attacks=list(attacks), detectors=list(detectors),
                     seed=seed, n_train=n_train, n_test=n_test, n_attack=n_attack,
                     victim_epochs=victim_epochs, detector_epochs=detector_epochs,
                     torch=torch.__version__, threads=torch.get_num_threads(),
                     device="cuda" if torch.cuda.is_available() else "cpu",
-                    python=platform.python_version())
+                    python=platform.python_version(), cache_dir=cache_dir)
     log("settings: " + json.dumps(settings))
-
-    if dataset == "digits":
-        X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
-    else:
-        X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
-    rng = np.random.default_rng(seed)
-    if n_train and n_train < len(X_tr):
-        keep = np.sort(rng.choice(len(X_tr), n_train, replace=False))
-        X_tr, y_tr = X_tr[keep], y_tr[keep]
-    if n_test and n_test < len(X_te):
-        keep = np.sort(rng.choice(len(X_te), n_test, replace=False))
-        X_te, y_te = X_te[keep], y_te[keep]
-
-    t0 = time.perf_counter()
-    victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, batch_size=64,
-                              random_state=seed)
-    victim_seconds = time.perf_counter() - t0
-    accuracy = float((victim.predict(X_te) == y_te).mean())
-    log(f"victim: {type(victim.module_).__name__}, {len(X_tr)} training images, "
-        f"test accuracy {accuracy:.4f} on {len(X_te)} images ({victim_seconds:.1f} s)")
-    settings.update(victim_accuracy=accuracy, n_train_actual=len(X_tr), n_test_actual=len(X_te))
-
-    # Attack correctly classified test images; keep the successful examples.
-    correct = np.flatnonzero(victim.predict(X_te) == y_te)
-    sources = correct[:n_attack]
-    adversarial, attack_rows = {}, []
-    for spec in attacks:
-        name, params = parse_attack(spec)
-        res = generate(victim, X_te[sources], y_te[sources], attack=name, batch_size=256,
-                       random_state=seed, verbose=verbose, **params)
-        adversarial[spec] = res.x_adv[res.success]
-        attack_rows.append(dict(attack=spec, attacked=res.n_attacked,
-                                success_rate=res.success_rate, n_adversarial=int(res.success.sum()),
-                                mean_l2=res.mean_l2, mean_linf=res.mean_linf,
-                                seconds=res.seconds))
-        log(f"attack {spec}: {res.success_rate:.1%} of {res.n_attacked} fooled, mean L2 "
-            f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ({res.seconds:.1f} s)")
-    attack_table = pd.DataFrame(attack_rows)
+    prep = prepare_benchmark(dataset, attacks, seed=seed, n_train=n_train, n_test=n_test,
+                             n_attack=n_attack, victim_epochs=victim_epochs,
+                             cache_dir=cache_dir, verbose=verbose, log=log)
+    X_tr, X_te, victim = prep["X_train"], prep["X_test"], prep["victim"]
+    settings.update(victim_accuracy=prep["victim_accuracy"], n_train_actual=len(X_tr),
+                    n_test_actual=len(X_te),
+                    attack_params={k: _jsonable(r.params) for k, r in prep["results"].items()})
+    adversarial = {spec: r.x_adv[r.success] for spec, r in prep["results"].items()}
+    attack_table = prep["attacks"]
 
     # Fit every detector on the same clean images; time fit and scoring.
     forward = victim.module_.eval()
@@ -310,7 +409,7 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     settings["wall_seconds"] = time.perf_counter() - started
 
     tables = {"attacks": attack_table, "results": results, "timing": timing,
-              "settings": settings}
+              "settings": settings, "detectors": fitted}
     if output:
         os.makedirs(output, exist_ok=True)
         attack_table.to_csv(os.path.join(output, "attacks.csv"), index=False)

@@ -41,6 +41,9 @@ def _parser():
                        help="training epochs of every detector network (default: their own)")
     bench.add_argument("--output", default="advdetect-output/benchmark")
     bench.add_argument("--no-plots", action="store_true")
+    bench.add_argument("--cache-dir", default=None,
+                       help="keep the victim's weights and the adversarial examples here and "
+                            "reuse them in later runs with the same settings")
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and few epochs: a smoke run")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -58,7 +61,7 @@ def main(argv=None):
         kwargs.update(dataset=args.dataset, attacks=args.attacks, detectors=args.detectors,
                       n_train=args.n_train, n_test=args.n_test, n_attack=args.n_attack,
                       victim_epochs=args.victim_epochs, detector_epochs=args.detector_epochs,
-                      plots=not args.no_plots)
+                      plots=not args.no_plots, cache_dir=args.cache_dir)
     if args.quick:
         kwargs.update(QUICK)
         if args.command == "demo":

@@ -93,3 +93,26 @@ def test_cli_benchmark_quick(tmp_path, capsys):
     assert (tmp_path / "results.csv").exists()
     with pytest.raises(SystemExit):
         main(["benchmark", "--detectors", "nope"])
+
+
+def test_prepare_benchmark_cache_reuses_victim_and_attacks(tmp_path):
+    from advdetect.benchmark import prepare_benchmark
+
+    logs = []
+    kw = dict(n_train=300, n_test=60, n_attack=30, victim_epochs=3, cache_dir=str(tmp_path),
+              log=logs.append)
+    first = prepare_benchmark("digits", ["fgsm:0.3", "pgd:0.3"], **kw)
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 3 and sum(f.startswith("attack-") for f in files) == 2
+    second = prepare_benchmark("digits", ["fgsm:0.3", "pgd:0.3"], **kw)
+    assert any("loaded from" in line for line in logs[len(logs) // 2:])
+    np.testing.assert_array_equal(first["victim"].predict_proba(first["X_test"]),
+                                  second["victim"].predict_proba(second["X_test"]))
+    for spec, res in first["results"].items():
+        again = second["results"][spec]
+        np.testing.assert_array_equal(res.x_adv, again.x_adv)
+        np.testing.assert_array_equal(res.success, again.success)
+        assert again.params == json.loads(json.dumps(again.params))
+    # Another setting is another key: nothing stale is reused.
+    prepare_benchmark("digits", ["fgsm:0.2"], **kw)
+    assert len(os.listdir(tmp_path)) == 4
