@@ -539,7 +539,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                     f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: pixel "
                     "intensities must be scaled to [0, 1] (divide 8-bit images by 255), or "
                     "set input_range=None for unbounded inputs.")
-            images = np.clip(images, lo, hi)
+            if xmin < lo or xmax > hi:  # within the tolerance: clip (a copy only then)
+                images = np.clip(images, lo, hi)
         if reset:
             self.image_shape_ = tuple(int(s) for s in images.shape[1:])
             self.flat_input_ = ndim == 2 and input_shape == "flat"
