@@ -143,6 +143,18 @@ class AttackResult:
 def perturbation_norms(x, x_adv):
     """Per-sample L2 and L-infinity norms of ``x_adv - x``, as float64.
 
+    Parameters
+    ----------
+    x, x_adv : array-like of shape (n, ...)
+        Clean images and their adversarial examples, of one shape (any shape
+        after the first axis: each sample is flattened).
+
+    Returns
+    -------
+    l2, linf : ndarray of shape (n,), float64
+        ``||x_adv - x||_2`` and ``||x_adv - x||_inf`` per sample; NaN where
+        ``x_adv`` has a NaN, 0 for samples of no values.
+
     Examples
     --------
     >>> import numpy as np
@@ -374,6 +386,30 @@ def carlini_wagner_l2(module, x, y, *, confidence=0.0, max_iter=50, binary_searc
     Returns
     -------
     Tensor like ``x``
+        The adversarial examples, in [0, 1]; a sample never fooled is ``x``
+        itself (clamped to [0, 1]).
+
+    See Also
+    --------
+    generate : runs this attack (``attack="cw"``) on numpy images, batch by
+        batch, and checks every example.
+
+    Examples
+    --------
+    A two-class linear model on 2x2 images; both inputs are pushed across its
+    decision boundary:
+
+    >>> import torch
+    >>> from advdetect.attacks import carlini_wagner_l2
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> x = torch.tensor([[[[0.2, 0.8], [0.4, 0.6]]], [[[0.9, 0.1], [0.5, 0.3]]]])
+    >>> y = net(x).argmax(1)                    # the classes the model gives them
+    >>> x_adv = carlini_wagner_l2(net, x, y, max_iter=20, binary_search_steps=3)
+    >>> x_adv.shape, bool(((x_adv >= 0) & (x_adv <= 1)).all())
+    (torch.Size([2, 1, 2, 2]), True)
+    >>> (net(x_adv).argmax(1) != y).tolist()    # both fooled
+    [True, True]
     """
     n = len(x)
     x = x.detach().clamp(0, 1)

@@ -56,6 +56,20 @@ PAPER_FIGURES = {
 def parse_attack(spec):
     """``"fgsm:0.3"`` -> ``("fgsm", {"eps": 0.3})``; ``"cw:9"`` -> confidence 9.
 
+    Parameters
+    ----------
+    spec : str
+        ``"name"`` or ``"name:strength"``; the strength is the ``confidence``
+        of CW-L2 (``"cw"``, ``"cw_l2"``) and the ``eps`` of every other attack.
+        The name is lower-cased; it is checked by
+        :func:`advdetect.attacks.generate`, not here.
+
+    Returns
+    -------
+    name : str
+    params : dict
+        ``{}``, ``{"eps": float}`` or ``{"confidence": float}``.
+
     Examples
     --------
     >>> parse_attack("fgsm:0.3"), parse_attack("cw:9"), parse_attack("deepfool")
@@ -70,7 +84,32 @@ def parse_attack(spec):
 
 
 def to_markdown(frame, floatfmt=".3f"):
-    """A pipe table of ``frame`` (no tabulate dependency)."""
+    """A pipe table of ``frame`` (no tabulate dependency).
+
+    pandas' own ``DataFrame.to_markdown`` needs the ``tabulate`` package; this
+    one needs nothing and leaves the index out.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    floatfmt : str, default=".3f"
+        Format spec of float cells; NaN prints as an empty cell.
+
+    Returns
+    -------
+    str
+        Header row, separator row and one row per row of ``frame``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> print(to_markdown(pd.DataFrame({"attack": ["fgsm:0.3", "cw:9"],
+    ...                                 "roc_auc": [0.99712, np.nan]})))
+    | attack | roc_auc |
+    |---|---|
+    | fgsm:0.3 | 0.997 |
+    | cw:9 |  |
+    """
     def fmt(v):
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else format(v, floatfmt)
@@ -312,6 +351,9 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
     detectors : list of str, default=DETECTORS
+        Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``; the
+        tables name them ``"CMAG"``, ``"DAFAR"``, ``"MagNet"``, ``"Feature
+        Squeezing"`` (plus the scoring variants of the fitted ones).
     seed : int, default=0
     n_train : int, default=4000
         Clean training images the detectors are fitted on (the victim trains
@@ -340,6 +382,24 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         ``"attacks"``, ``"results"``, ``"timing"`` (DataFrames), ``"settings"``
         (dict) and ``"detectors"`` (the fitted detectors and their
         no-retraining variants, by display name).
+
+    See Also
+    --------
+    prepare_benchmark : the data, victim and attacks alone.
+    format_report : the tables as one Markdown document.
+
+    Examples
+    --------
+    A smoke-sized run on scikit-learn's 8x8 digits (seconds, not a measurement):
+
+    >>> tables = run_benchmark("digits", ["fgsm:0.3"], ["magnet"], n_train=200,
+    ...                        n_test=50, n_attack=20, victim_epochs=2,
+    ...                        detector_epochs=1, verbose=0, log=lambda *_: None)
+    >>> sorted(tables)
+    ['attacks', 'detectors', 'results', 'settings', 'timing']
+    >>> row = tables["results"].query("detector == 'MagNet'").iloc[0]
+    >>> row["attack"], bool(0.0 <= row["roc_auc"] <= 1.0)
+    ('fgsm:0.3', True)
     """
     started = time.perf_counter()
     settings = dict(dataset=dataset, attacks=list(attacks), detectors=list(detectors),

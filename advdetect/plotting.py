@@ -33,10 +33,25 @@ def plot_roc_curves(curves, title="", ax=None):
         ``{label: (y, decision)}`` with y = +1 clean, -1 adversarial.
     title : str
     ax : matplotlib Axes or None
+        Axes to draw on; None draws on a new figure.
 
     Returns
     -------
     matplotlib.axes.Axes
+        One curve per entry, labelled with its ROC-AUC, and the chance diagonal.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import numpy as np
+    >>> from advdetect.plotting import plot_roc_curves
+    >>> y = np.r_[np.ones(50), -np.ones(50)]                   # +1 clean, -1 adversarial
+    >>> dec = np.r_[np.linspace(0.1, 2, 50), np.linspace(-2, 0.5, 50)]
+    >>> ax = plot_roc_curves({"detector": (y, dec), "chance": (y, np.zeros(100))},
+    ...                      title="ROC, FGSM 0.3")
+    >>> ax.get_legend_handles_labels()[1]
+    ['detector (0.980)', 'chance (0.500)']
+    >>> plt.close(ax.figure)
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -64,10 +79,26 @@ def plot_score_densities(clean, adversarial, threshold=0.0, title="", ax=None):
         Where the detector's decision changes sign.
     title : str
     ax : matplotlib Axes or None
+        Axes to draw on; None draws on a new figure.
 
     Returns
     -------
     matplotlib.axes.Axes
+        The clean histogram filled, one outline per attack, on bins spanning
+        the 0.5-99.5 percentiles of all values (values beyond are clipped
+        into the outer bins).
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import numpy as np
+    >>> from advdetect.plotting import plot_score_densities
+    >>> rng = np.random.default_rng(0)
+    >>> ax = plot_score_densities(rng.normal(1, 0.5, 500),
+    ...                           {"FGSM 0.3": rng.normal(-1, 0.5, 500)}, title="CMAG")
+    >>> ax.get_legend_handles_labels()[1]
+    ['clean', 'FGSM 0.3', 'threshold']
+    >>> plt.close(ax.figure)
     """
     plt = _pyplot()
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
@@ -86,16 +117,36 @@ def plot_score_densities(clean, adversarial, threshold=0.0, title="", ax=None):
 def plot_reconstructions(rows, titles, n=8):
     """A grid: one row per array of images, ``n`` columns.
 
+    Images in [0, 1] are drawn in grey (RGB for three channels); an image
+    with a negative value (a reconstruction error ``x - x'``) in a diverging
+    colour map over [-1, 1], white at 0.
+
     Parameters
     ----------
     rows : list of ndarray of shape (m, C, H, W)
     titles : list of str
         One per row.
     n : int, default=8
+        Columns: the first ``n`` images of each row (cells past a row's end
+        stay empty).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt
+    >>> import numpy as np
+    >>> from advdetect.plotting import plot_reconstructions
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((4, 1, 8, 8), dtype=np.float32)
+    >>> X_rec = 0.5 * X + 0.25                                 # a stand-in reconstruction
+    >>> fig = plot_reconstructions([X, X_rec, X - X_rec],
+    ...                            ["input", "reconstruction", "error x - x'"], n=4)
+    >>> len(fig.axes), fig.axes[8].images[0].get_cmap().name  # 3 rows x 4 columns
+    (12, 'seismic')
+    >>> plt.close(fig)
     """
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
@@ -116,7 +167,59 @@ def plot_reconstructions(rows, titles, n=8):
 
 
 def save_benchmark_plots(folder, curves, detectors, X_clean, adversarial, n=8):
-    """Write the benchmark's figures into ``folder``; returns the file names."""
+    """Write the benchmark's figures into ``folder``; returns the file names.
+
+    What :func:`~advdetect.benchmark.run_benchmark` draws when given an
+    ``output`` folder: one ROC figure per attack (every detector), one
+    score-density figure per detector (every attack), and one
+    reconstruction grid per detector that reconstructs (half clean images,
+    half adversarial examples of the first attack that has some).
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        An existing folder; files of the same names are overwritten.
+    curves : dict
+        ``{(detector name, attack): (y, decision)}``, with ``y`` = +1 clean,
+        -1 adversarial and ``decision`` the detector's decision values on
+        those inputs (negative = flagged).
+    detectors : dict
+        ``{name: fitted detector}``. Those with a ``reconstruct`` method get a
+        grid (CMAG: input, FMR, LR, GR; the others: input, reconstruction,
+        error); names with a space or a parenthesis (the benchmark's
+        variants, which share another detector's networks) are skipped.
+    X_clean : ndarray of shape (m, C, H, W)
+        Clean images; the first ``n // 2`` fill the grids' clean half.
+    adversarial : dict
+        ``{attack: ndarray of shape (k, C, H, W)}``, the adversarial examples.
+    n : int, default=8
+        Images per reconstruction grid.
+
+    Returns
+    -------
+    list of str
+        The paths written: ``roc_<attack>.png`` (a ``":"`` in the attack
+        becomes ``"_"``), ``density_<detector>.png`` and
+        ``reconstructions_<detector>.png``, detector names in lower case with
+        every other character than a letter or digit replaced by ``"_"``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from advdetect import MagNetDetector
+    >>> from advdetect.plotting import save_benchmark_plots
+    >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    >>> magnet = MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X)
+    >>> X_adv = np.clip(X[:4] + 0.3, 0, 1)                     # stand-in adversarial images
+    >>> y = np.r_[np.ones(32), -np.ones(4)]
+    >>> curves = {("MagNet", "fgsm:0.3"): (y, magnet.decision_function(np.r_[X, X_adv]))}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     paths = save_benchmark_plots(tmp, curves, {"MagNet": magnet}, X,
+    ...                                  {"fgsm:0.3": X_adv})
+    ...     sorted(os.path.basename(p) for p in paths)
+    ['density_magnet.png', 'reconstructions_magnet.png', 'roc_fgsm_0.3.png']
+    """
     plt = _pyplot()
     written = []
     attacks = list(dict.fromkeys(a for _, a in curves))

@@ -1,8 +1,11 @@
 """Sphinx configuration of the advdetect documentation.
 
-Build (offline, warnings are errors)::
+Build (offline, warnings are errors) with ``make docs``, which runs::
 
-    OMP_NUM_THREADS=1 python -m sphinx -W --keep-going -b html docs docs/_build/html
+    ADVDETECT_EXAMPLE_QUICK=1 python -m sphinx -W --keep-going -E -b html docs docs/_build/html
+
+(``make test`` builds them first, then runs the suite, whose
+``tests/test_docs.py`` checks the built site.)
 
 The gallery runs every ``examples/plot_*.py`` at its quick size
 (``ADVDETECT_EXAMPLE_QUICK=1``, set below unless the environment sets it):

@@ -49,18 +49,7 @@ EXCEPTIONS = {
 
 #: Sections missing today that should be written: each is an expected failure
 #: (strict, so the entry must go once the section exists). Owners: the module's.
-KNOWN_GAPS = {
-    "advdetect.attacks.carlini_wagner_l2": {"Examples"},
-    "advdetect.attacks.perturbation_norms": {"Parameters"},
-    "advdetect.plotting.plot_roc_curves": {"Examples"},
-    "advdetect.plotting.plot_score_densities": {"Examples"},
-    "advdetect.plotting.plot_reconstructions": {"Examples"},
-    "advdetect.plotting.save_benchmark_plots": {"Parameters", "Examples"},
-    "advdetect.benchmark.parse_attack": {"Parameters"},
-    "advdetect.benchmark.run_benchmark": {"Examples"},
-    "advdetect.benchmark.to_markdown": {"Parameters", "Examples"},
-    "advdetect.nn.ssim.SSIMLoss": {"Examples"},
-}
+KNOWN_GAPS = {}
 
 _SECTION = r"^[ \t]*{}[ \t]*\n[ \t]*-{{3,}}[ \t]*$"
 
@@ -127,6 +116,32 @@ def test_docstring_sections(modname, name):
     if "Examples" not in exempt and not _has_section(doc, "Examples"):
         missing.append("Examples")
     assert not missing, f"{full}: the docstring lacks numpydoc section(s) {missing}"
+    if "Examples" not in exempt:
+        examples = _section_text(doc, "Examples")
+        assert ">>>" in examples, (
+            f"{full}: the Examples section has no '>>>' prompt, so it is not run as a "
+            "doctest (test_doctests_run_with_the_suite): write it as a doctest")
+
+
+def _section_text(doc, title):
+    """The body of a numpydoc section: up to the next underlined heading."""
+    match = re.search(_SECTION.format(title), doc, re.M)
+    body = doc[match.end():]
+    following = re.search(r"^[ \t]*\S[^\n]*\n[ \t]*-{3,}[ \t]*$", body, re.M)
+    return body[:following.start()] if following else body
+
+
+def test_doctests_run_with_the_suite():
+    """The Examples above run as doctests in ``make test``: pytest collects the
+    package with ``--doctest-modules`` (setup.cfg), so a broken example fails CI."""
+    import configparser
+    import shlex
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    options = cfg["tool:pytest"]
+    assert "--doctest-modules" in shlex.split(options.get("addopts", ""))
+    assert "advdetect" in options.get("testpaths", "").split()
 
 
 def test_exceptions_and_gaps_name_public_objects():

@@ -160,6 +160,26 @@ class SSIMLoss(torch.nn.Module):
         Weight of the squared L2 term (paper: 0.5 for FMR, LR and GR).
     data_range : float, default=1.0
         Passed to :func:`ssim`.
+
+    Notes
+    -----
+    ``forward(x_hat, x)`` takes the reconstructions and the targets (``x`` is
+    reshaped to ``x_hat``'s ``(N, C, H, W)``) and returns a scalar tensor.
+    With ``mu=1`` the SSIM term is skipped (and not computed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from advdetect.nn.ssim import SSIMLoss
+    >>> x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> loss = SSIMLoss(mu=0.5)
+    >>> float(loss(x, x))                        # a perfect reconstruction
+    0.0
+    >>> x_hat = torch.full_like(x, 0.5, requires_grad=True)
+    >>> value = loss(x_hat, x)
+    >>> value.backward()                         # differentiable, as training needs
+    >>> bool(value > 0), x_hat.grad.shape
+    (True, torch.Size([4, 1, 16, 16]))
     """
 
     def __init__(self, mu=0.5, data_range=1.0):
