@@ -24,9 +24,13 @@ held out. Clean samples sharing a group are kept in the same fold.
 
 Caveats
 -------
-* ``GridSearchCV(refit=...)`` refits ``best_estimator_`` on **all** of ``X``,
-  adversarial samples included, since scikit-learn knows nothing of clean-only
-  training. Use ``refit=False`` or refit on the clean part yourself::
+* ``GridSearchCV(refit=...)`` refits ``best_estimator_`` on **all** of ``X``
+  and ``y``, since scikit-learn knows nothing of clean-only training. advdetect's
+  detectors read a ``y`` holding -1 as these labels and fit on the clean rows
+  (``y == +1``) only (:meth:`~advdetect.base.BaseDetector.fit`), so their refit
+  is clean. Another outlier detector (``IsolationForest``, ``LocalOutlierFactor``)
+  ignores ``y`` and would train on the adversarial samples too: use
+  ``refit=False`` and refit on the clean part yourself::
 
       best = clone(search.estimator).set_params(**search.best_params_)
       best.fit(X[y == 1])
