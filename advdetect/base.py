@@ -220,6 +220,12 @@ def infer_output_kind(scores):
 # --------------------------------------------------------------------------- #
 # Batching and training
 # --------------------------------------------------------------------------- #
+def _writable(chunk):
+    if isinstance(chunk, np.ndarray) and not chunk.flags.writeable:
+        return chunk.copy()
+    return chunk
+
+
 def batched(fn, arrays, batch_size, device, dtype=torch.float32):
     """Apply ``fn`` to aligned mini-batches of numpy ``arrays`` under ``no_grad``.
 
@@ -238,8 +244,10 @@ def batched(fn, arrays, batch_size, device, dtype=torch.float32):
     outs = None
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            batch = [torch.as_tensor(a[start:start + batch_size], dtype=dtype, device=device)
-                     for a in arrays]
+            # A read-only array (a memory map, a pickled array) is copied one batch at
+            # a time: torch cannot share its memory and would warn on every call.
+            batch = [torch.as_tensor(_writable(a[start:start + batch_size]), dtype=dtype,
+                                     device=device) for a in arrays]
             m = len(batch[0])
             if m < batch_size and n > 0:
                 batch = [torch.cat([b, b.new_zeros((batch_size - m,) + b.shape[1:])])

@@ -194,3 +194,14 @@ def test_lazy_classifier_sized_per_fit():
             rng.random((20, d), dtype=np.float32))
         assert det.n_features_in_ == d and det.predict(rng.random((2, d))).shape == (2,)
     assert isinstance(net[0], nn.LazyLinear)  # the caller's module was never materialised
+
+
+def test_read_only_input_scores_without_warning(fitted, images):
+    frozen = images.copy()
+    frozen.setflags(write=False)                 # as a memory map or an unpickled array
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = fitted.score_samples(frozen)
+    np.testing.assert_array_equal(scores, fitted.score_samples(images))
+    assert not frozen.flags.writeable
