@@ -438,6 +438,9 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     fitted["Max softmax (floor)"] = _MaxSoftmax(victim, X_tr)
     timing = pd.DataFrame(timing_rows)
 
+    for spec in [spec for spec, X_adv in adversarial.items() if len(X_adv) == 0]:
+        log(f"attack {spec}: no successful adversarial examples, so no detector is scored "
+            "on it (its row in the attack table says why)")
     rows, curves = [], {}
     for name, det in fitted.items():
         frame_fn = getattr(det, "reconstruction_errors", None)
@@ -465,7 +468,9 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
             row["paper_detection_rate"] = PAPER_FIGURES.get((name, spec), np.nan)
             rows.append(row)
             curves[(name, spec)] = (y, dec)
-    results = pd.DataFrame(rows)
+    results = pd.DataFrame(rows, columns=None if rows else [
+        "detector", "attack", "roc_auc", "detection_rate", "clean_fpr", "tpr_at_1_fpr",
+        "tpr_at_5_fpr", "n_adversarial", "paper_detection_rate"])
     settings["wall_seconds"] = time.perf_counter() - started
 
     tables = {"attacks": attack_table, "results": results, "timing": timing,

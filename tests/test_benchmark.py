@@ -116,3 +116,26 @@ def test_prepare_benchmark_cache_reuses_victim_and_attacks(tmp_path):
     # Another setting is another key: nothing stale is reused.
     prepare_benchmark("digits", ["fgsm:0.2"], **kw)
     assert len(os.listdir(tmp_path)) == 4
+
+
+def test_an_attack_that_fools_nothing_is_reported_not_dropped(tmp_path):
+    logs = []
+    tables = run_benchmark(dataset="digits", attacks=["fgsm:0.3", "fgsm:0.001"],
+                           detectors=["squeeze"], n_train=200, n_test=60, n_attack=30,
+                           victim_epochs=3, output=str(tmp_path), verbose=0,
+                           log=logs.append)
+    attacks = tables["attacks"].set_index("attack")
+    assert attacks.loc["fgsm:0.001", "success_rate"] == 0
+    assert any("fgsm:0.001: no successful adversarial examples" in line for line in logs)
+    assert set(tables["results"]["attack"]) == {"fgsm:0.3"}
+    for name in ("results.csv", "results.md", "attacks.csv"):
+        assert (tmp_path / name).is_file()
+    assert "fgsm:0.001" in (tmp_path / "attacks.csv").read_text()
+
+
+def test_no_scored_attack_still_gives_a_results_table(tmp_path):
+    tables = run_benchmark(dataset="digits", attacks=["fgsm:0.001"], detectors=["squeeze"],
+                           n_train=200, n_test=60, n_attack=30, victim_epochs=3,
+                           output=str(tmp_path), verbose=0, log=lambda *_: None)
+    assert tables["results"].empty and "roc_auc" in tables["results"].columns
+    assert (tmp_path / "results.md").is_file()
