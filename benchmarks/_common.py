@@ -51,6 +51,11 @@ def resolve(args):
     return settings
 
 
+def settings_block(settings):
+    """The settings a report ran with, as its first section (Markdown)."""
+    return "## Settings\n\n```\n" + json.dumps(settings, indent=2) + "\n```\n\n"
+
+
 def write(output, name, text):
     if output:
         os.makedirs(output, exist_ok=True)

@@ -17,7 +17,7 @@ the victim's own forward pass.
 import time
 
 import pandas as pd
-from _common import parser, resolve, write
+from _common import parser, resolve, settings_block, write
 
 from advdetect.benchmark import run_benchmark, to_markdown
 
@@ -32,7 +32,7 @@ def main():
     p = parser(__doc__.splitlines()[0], ATTACKS)
     p.add_argument("--detector-epochs", type=int, default=None)
     args = p.parse_args()
-    resolve(args)
+    settings = resolve(args)
     start = time.perf_counter()
     tables = run_benchmark(dataset=args.dataset, attacks=args.attacks, detectors=["cmag"],
                            seed=args.seed, n_train=args.n_train, n_test=args.n_test,
@@ -85,7 +85,7 @@ def main():
     print()
     print(report)
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    write(args.output, "report.md", report)
+    write(args.output, "report.md", settings_block(settings) + report)
     if args.output:
         tables["results"].to_csv(f"{args.output}/results.csv", index=False)
         tables["timing"].to_csv(f"{args.output}/timing.csv", index=False)

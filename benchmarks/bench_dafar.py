@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from _common import parser, resolve, write
+from _common import parser, resolve, settings_block, write
 from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DetectAndPurify
@@ -59,7 +59,7 @@ def main():
     p = parser(__doc__.splitlines()[0], DETECTION)
     p.add_argument("--detector-epochs", type=int, default=None)
     args = p.parse_args()
-    resolve(args)
+    settings = resolve(args)
     start = time.perf_counter()
     sweep = [f"{a}:{e}" for a in ("fgsm", "pgd") for e in SWEEP_EPS]
     specs = list(dict.fromkeys(args.attacks + sweep))
@@ -170,7 +170,7 @@ def main():
     print()
     print(report)
     print(f"wall time {time.perf_counter() - start:.0f} s")
-    write(args.output, "report.md", report)
+    write(args.output, "report.md", settings_block(settings) + report)
     if args.output:
         res.to_csv(f"{args.output}/results.csv", index=False)
 

@@ -10,12 +10,17 @@ minus the input array (which the caller holds anyway) - the target, 60,000
 within 10 % of 6,000 - and the working memory of scoring alone (peak minus the
 resident size just before the call). Linux only.
 
-    python benchmarks/bench_memory.py
+    python benchmarks/bench_memory.py [--output DIR]
 """
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import settings_block, write  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -60,10 +65,14 @@ print(json.dumps(dict(detector=name, n=n, input_mb=X.nbytes / 2**20,
 DETECTORS = ["CMAGDetector", "DAFARDetector", "MagNetDetector", "FeatureSqueezingDetector"]
 
 
-def main():
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", default=None, help="folder for memory.md")
+    args = p.parse_args(argv)
     sizes = [6000, 60000]
-    print("settings: " + json.dumps(dict(sizes=sizes, batch_size=128, image_shape=[1, 28, 28],
-                                         detectors=DETECTORS, python=sys.version.split()[0])))
+    settings = dict(sizes=sizes, batch_size=128, image_shape=[1, 28, 28], detectors=DETECTORS,
+                    python=sys.version.split()[0], load_average=os.getloadavg()[0])
+    print("settings: " + json.dumps(settings))
     rows = []
     for name in DETECTORS:
         for n in sizes:
@@ -71,16 +80,21 @@ def main():
                                  capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    print()
-    print("| detector | peak - input MB, 6,000 | 60,000 | ratio | within 10 % | "
-          "working MB, 6,000 | 60,000 | input MB at 60,000 |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = ["| detector | peak - input MB, 6,000 | 60,000 | ratio | within 10 % | "
+             "working MB, 6,000 | 60,000 | input MB at 60,000 |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in DETECTORS:
         small, big = [r for r in rows if r["detector"] == name]
         ratio = big["peak_minus_input_mb"] / small["peak_minus_input_mb"]
-        print(f"| {name} | {small['peak_minus_input_mb']:.0f} | {big['peak_minus_input_mb']:.0f} "
-              f"| {ratio:.3f} | {'yes' if abs(ratio - 1) <= 0.10 else 'NO'} | "
-              f"{small['working_mb']:.1f} | {big['working_mb']:.1f} | {big['input_mb']:.0f} |")
+        lines.append(
+            f"| {name} | {small['peak_minus_input_mb']:.0f} | {big['peak_minus_input_mb']:.0f} "
+            f"| {ratio:.3f} | {'yes' if abs(ratio - 1) <= 0.10 else 'NO'} | "
+            f"{small['working_mb']:.1f} | {big['working_mb']:.1f} | {big['input_mb']:.0f} |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    write(args.output, "memory.md",
+          settings_block(settings) + "## Peak memory of score_samples\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
