@@ -30,7 +30,7 @@ import torch
 from .metrics import detection_report
 
 __all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "parse_attack",
-           "prepare_benchmark", "run_benchmark", "to_markdown"]
+           "prepare_benchmark", "run_benchmark", "to_markdown", "victim_recipe"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
 DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
@@ -216,14 +216,45 @@ def _jsonable(params):
             for k, v in params.items()}
 
 
+def victim_recipe(image_shape):
+    """The training settings of a benchmark's victim, beyond its epochs.
+
+    For images of 28 px and more (MNIST): cosine learning-rate annealing and
+    2-pixel random translations, which ``benchmarks/bench_victims.py`` measured
+    above the plain recipe on the MNIST subset. Smaller images (scikit-learn's
+    8x8 digits, used for smoke runs) keep the plain recipe: a constant
+    learning rate and no augmentation.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(C, H, W)`` of the images.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :func:`advdetect.models.train_classifier`.
+
+    Examples
+    --------
+    >>> victim_recipe((1, 28, 28))
+    {'batch_size': 64, 'lr_schedule': 'cosine', 'max_shift': 2}
+    >>> victim_recipe((1, 8, 8))
+    {'batch_size': 64, 'lr_schedule': 'constant', 'max_shift': 0}
+    """
+    if min(image_shape[1:]) >= 28:
+        return dict(batch_size=64, lr_schedule="cosine", max_shift=2)
+    return dict(batch_size=64, lr_schedule="constant", max_shift=0)
+
+
 def _cache_key(**fields):
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train=4000,
-                      n_test=1000, n_attack=500, victim_epochs=15, cache_dir=None, verbose=0,
-                      log=print):
+                      n_test=1000, n_attack=500, victim_epochs=30, cache_dir=None,
+                      cache_attacks=True, verbose=0, log=print):
     """Data, victim and adversarial examples of a benchmark, cached if asked.
 
     The shared first half of :func:`run_benchmark` and of the scripts in
@@ -244,6 +275,9 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         ``weights_only=True``) and each attack's result (``attack-<key>.npz``,
         read without pickles) are stored there, keyed by a hash of every
         setting they depend on and the torch version, and reused by later runs.
+    cache_attacks : bool, default=True
+        With ``False`` only the victim is cached: every attack runs again (to
+        time it).
     verbose : int, default=0
     log : callable, default=print
 
@@ -251,9 +285,10 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
     -------
     dict
         ``X_train, y_train, X_test, y_test`` (arrays), ``victim`` (fitted skorch
-        net), ``victim_accuracy``, ``sources`` (indices into the test set of the
+        net), ``victim_accuracy``, ``victim_recipe``, ``sources`` (indices into the test set of the
         attacked images), ``results`` (``{spec: AttackResult}``) and ``attacks``
-        (the attack table: success rate, mean L2 / L-infinity, seconds).
+        (the attack table: success rate, mean L2 / L-infinity, seconds - of the run that
+        generated the attack, which ``cached`` says may be an earlier one).
 
     Examples
     --------
@@ -278,8 +313,9 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         keep = np.sort(rng.choice(len(X_te), n_test, replace=False))
         X_te, y_te = X_te[keep], y_te[keep]
 
+    recipe = victim_recipe(X_tr.shape[1:])
     base_key = dict(dataset=dataset, seed=seed, n_train=len(X_tr), n_test=len(X_te),
-                    victim_epochs=victim_epochs, torch=torch.__version__)
+                    victim_epochs=victim_epochs, victim_recipe=recipe, torch=torch.__version__)
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
     victim_path = cache_dir and os.path.join(cache_dir, f"victim-{_cache_key(**base_key)}.pt")
@@ -291,8 +327,8 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
                                                   map_location=victim.device))
         how = f"loaded from {victim_path}"
     else:
-        victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, batch_size=64,
-                                  random_state=seed)
+        victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, random_state=seed,
+                                  **recipe)
         if victim_path:
             torch.save(victim.module_.state_dict(), victim_path)
         how = f"trained in {time.perf_counter() - t0:.1f} s"
@@ -306,9 +342,10 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
     results, rows = {}, []
     for spec in attacks:
         name, params = parse_attack(spec)
-        path = cache_dir and os.path.join(cache_dir, "attack-" + _cache_key(
+        path = cache_dir and cache_attacks and os.path.join(cache_dir, "attack-" + _cache_key(
             **base_key, spec=spec, params=params, n_attack=len(sources)) + ".npz")
-        if path and os.path.exists(path):
+        cached = bool(path and os.path.exists(path))
+        if cached:
             with np.load(path, allow_pickle=False) as d:
                 res = AttackResult(attack=str(d["attack"]), x_adv=d["x_adv"],
                                    success=d["success"], attacked=d["attacked"],
@@ -327,16 +364,17 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         results[spec] = res
         rows.append(dict(attack=spec, attacked=res.n_attacked, success_rate=res.success_rate,
                          n_adversarial=int(res.success.sum()), mean_l2=res.mean_l2,
-                         mean_linf=res.mean_linf, seconds=res.seconds))
+                         mean_linf=res.mean_linf, seconds=res.seconds, cached=cached))
         log(f"attack {spec}: {res.success_rate:.1%} of {res.n_attacked} fooled, mean L2 "
-            f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ({res.seconds:.1f} s)")
+            f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ("
+            + ("loaded from the cache; " if cached else "") + f"{res.seconds:.1f} s)")
     return dict(X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te, victim=victim,
-                victim_accuracy=accuracy, sources=sources, results=results,
+                victim_accuracy=accuracy, victim_recipe=recipe, sources=sources, results=results,
                 attacks=pd.DataFrame(rows))
 
 
 def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
-                  n_train=4000, n_test=1000, n_attack=500, victim_epochs=15,
+                  n_train=4000, n_test=1000, n_attack=500, victim_epochs=30,
                   detector_epochs=None, output=None, plots=True, cache_dir=None, verbose=1,
                   log=print):
     """Run the comparison and return its tables.
@@ -362,7 +400,7 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         Held-out clean test images (the clean side of every evaluation).
     n_attack : int, default=500
         Correctly classified test images attacked per attack.
-    victim_epochs : int, default=15
+    victim_epochs : int, default=30
     detector_epochs : int or None, default=None
         ``None`` keeps each detector's default.
     output : str or None
@@ -413,7 +451,8 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
                              n_attack=n_attack, victim_epochs=victim_epochs,
                              cache_dir=cache_dir, verbose=verbose, log=log)
     X_tr, X_te, victim = prep["X_train"], prep["X_test"], prep["victim"]
-    settings.update(victim_accuracy=prep["victim_accuracy"], n_train_actual=len(X_tr),
+    settings.update(victim_accuracy=prep["victim_accuracy"], victim_recipe=prep["victim_recipe"],
+                    n_train_actual=len(X_tr),
                     n_test_actual=len(X_te),
                     attack_params={k: _jsonable(r.params) for k, r in prep["results"].items()})
     adversarial = {spec: r.x_adv[r.success] for spec, r in prep["results"].items()}

@@ -36,7 +36,7 @@ def _parser():
     bench.add_argument("--n-train", type=int, default=4000)
     bench.add_argument("--n-test", type=int, default=1000)
     bench.add_argument("--n-attack", type=int, default=500)
-    bench.add_argument("--victim-epochs", type=int, default=15)
+    bench.add_argument("--victim-epochs", type=int, default=30)
     bench.add_argument("--detector-epochs", type=int, default=None,
                        help="training epochs of every detector network (default: their own)")
     bench.add_argument("--output", default="advdetect-output/benchmark")

@@ -24,7 +24,7 @@ from torch import nn
 
 from .base import resolve_device, seed_everything
 
-__all__ = ["MNISTCNN", "CIFARCNN", "SmallCNN", "train_classifier"]
+__all__ = ["MNISTCNN", "CIFARCNN", "SmallCNN", "RandomShift", "train_classifier"]
 
 
 def _conv_block(specs, in_channels, padding):
@@ -143,6 +143,54 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class RandomShift:
+    """Collate function that translates each training image by a random offset.
+
+    Used as ``iterator_train__collate_fn`` of a skorch net: the batch is
+    zero-padded by ``max_shift`` pixels and every image is cropped back to its
+    size at its own random offset in ``[-max_shift, max_shift]`` along each axis
+    - in one gather over the batch, with torch's global generator (so
+    ``random_state`` makes it reproducible). Small translations are the classic
+    augmentation for digit images; the victim of our MNIST benchmarks uses 2 px.
+
+    Parameters
+    ----------
+    max_shift : int, default=2
+        Largest translation in pixels along each axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> batch = [(torch.ones(1, 6, 6), 0), (torch.ones(1, 6, 6), 1)]
+    >>> X, y = RandomShift(max_shift=1)(batch)
+    >>> tuple(X.shape), y.tolist()
+    ((2, 1, 6, 6), [0, 1])
+    """
+
+    def __init__(self, max_shift=2):
+        if int(max_shift) != max_shift or max_shift < 0:
+            raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
+        self.max_shift = int(max_shift)
+
+    def __call__(self, batch):
+        from torch.utils.data import default_collate
+
+        X, y = default_collate(batch)
+        s = self.max_shift
+        if s == 0:
+            return X, y
+        n, c, h, w = X.shape
+        padded = torch.nn.functional.pad(X, (s, s, s, s))
+        dy = torch.randint(0, 2 * s + 1, (n, 1)) + torch.arange(h)
+        dx = torch.randint(0, 2 * s + 1, (n, 1)) + torch.arange(w)
+        rows = torch.arange(n)[:, None, None, None]
+        return padded[rows, torch.arange(c)[None, :, None, None],
+                      dy[:, None, :, None], dx[:, None, None, :]], y
+
+    def __repr__(self):
+        return f"RandomShift(max_shift={self.max_shift})"
+
+
 def _pick_architecture(shape):
     c, h, w = shape
     if h != w:
@@ -155,7 +203,8 @@ def _pick_architecture(shape):
 
 
 def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
-                     device="auto", random_state=0, verbose=0, **net_params):
+                     lr_schedule="constant", max_shift=0, device="auto", random_state=0,
+                     verbose=0, **net_params):
     """Train a victim classifier with skorch and return the fitted net.
 
     Parameters
@@ -168,6 +217,15 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
         ``"auto"``: :class:`MNISTCNN` for 1x28x28, :class:`CIFARCNN` for 3x32x32,
         :class:`SmallCNN` otherwise.
     max_epochs, batch_size, lr : training settings (Adam, cross-entropy).
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"`` anneals the learning rate to 0 over ``max_epochs``
+        (skorch ``LRScheduler`` with ``CosineAnnealingLR``).
+    max_shift : int, default=0
+        Random translation of the training images by up to this many pixels
+        (:class:`RandomShift`); 0 trains on the images as given. The MNIST
+        victim of the benchmarks uses ``lr_schedule="cosine", max_shift=2``
+        for 30 epochs, which lifts its subset test accuracy above 97 %
+        (``benchmarks/bench_victims.py`` compares it with the plain recipe).
     device : {"auto", "cpu", "cuda"}, default="auto"
     random_state : int or None, default=0
     verbose : int, default=0
@@ -202,6 +260,20 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
     if not np.issubdtype(y.dtype, np.integer) or classes.min() < 0:
         raise ValueError("y must hold non-negative integer class labels")
     n_classes = int(max(classes.max() + 1, 2))
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    net_params = dict(net_params)
+    if lr_schedule == "cosine":
+        from skorch.callbacks import LRScheduler
+
+        net_params["callbacks"] = list(net_params.get("callbacks") or []) + [
+            ("lr_schedule", LRScheduler(torch.optim.lr_scheduler.CosineAnnealingLR,
+                                        T_max=max(int(max_epochs), 1)))]
+    if max_shift:
+        if "iterator_train__collate_fn" in net_params:
+            raise ValueError("max_shift augments through iterator_train__collate_fn; "
+                             "pass one or the other")
+        net_params["iterator_train__collate_fn"] = RandomShift(max_shift)
     shape = X.shape[1:]
     modules = {"mnist": MNISTCNN, "cifar": CIFARCNN, "small": SmallCNN}
     if arch == "auto":

@@ -23,7 +23,7 @@ def parser(description, attacks):
                    help="clean training images (default 4000; 10000 on full MNIST)")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-attack", type=int, default=500)
-    p.add_argument("--victim-epochs", type=int, default=15)
+    p.add_argument("--victim-epochs", type=int, default=30)
     p.add_argument("--output", default=None, help="folder for the tables (CSV, Markdown)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE,
                    help="victim weights and adversarial examples reused across runs "

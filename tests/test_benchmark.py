@@ -106,6 +106,7 @@ def test_prepare_benchmark_cache_reuses_victim_and_attacks(tmp_path):
     assert len(files) == 3 and sum(f.startswith("attack-") for f in files) == 2
     second = prepare_benchmark("digits", ["fgsm:0.3", "pgd:0.3"], **kw)
     assert any("loaded from" in line for line in logs[len(logs) // 2:])
+    assert not first["attacks"]["cached"].any() and second["attacks"]["cached"].all()
     np.testing.assert_array_equal(first["victim"].predict_proba(first["X_test"]),
                                   second["victim"].predict_proba(second["X_test"]))
     for spec, res in first["results"].items():
