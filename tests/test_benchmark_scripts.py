@@ -15,6 +15,7 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
     ("bench_dafar.py", ["fgsm:0.3", "pgd:0.3"], ["Table 4", "Table 5", "Fig. 9", "Fig. 10",
                                                  "DAFAR (no C)"]),
     ("bench_detectors.py", ["fgsm:0.3"], ["ROC-AUC", "Published figures", "Timing"]),
+    ("bench_attacks.py", ["fgsm:0.3", "cw:0"], ["seconds_per_1000", "CW-L2 target"]),
 ])
 def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     args = [sys.executable, str(BENCH / script), "--quick", "--dataset", "digits",
@@ -28,4 +29,19 @@ def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     assert proc.stdout.startswith("settings: {")
     for text in expect:
         assert text in proc.stdout, text
-    assert (tmp_path / "report.md").read_text().strip()
+    report = "attacks.md" if script == "bench_attacks.py" else "report.md"
+    assert "## Settings" in (tmp_path / report).read_text()
+
+
+def test_victims_script_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_victims.py"), "--quick",
+                           "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("settings: {")
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "victims.csv")
+    assert table["source"].tolist() == ["digits", "digits"]
+    assert table["recipe"].tolist() == ["benchmark", "plain"]
+    assert table["test_accuracy"].between(0, 1).all() and (table["n_test"] > 0).all()
+    assert "## Victim accuracy" in (tmp_path / "victims.md").read_text()
