@@ -318,7 +318,10 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
                     victim_epochs=victim_epochs, victim_recipe=recipe, torch=torch.__version__)
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-    victim_path = cache_dir and os.path.join(cache_dir, f"victim-{_cache_key(**base_key)}.pt")
+    # The victim sees only the training images, drawn before the test subsample:
+    # its key leaves n_test out, so runs that differ only in n_test share it.
+    victim_key = {k: v for k, v in base_key.items() if k != "n_test"}
+    victim_path = cache_dir and os.path.join(cache_dir, f"victim-{_cache_key(**victim_key)}.pt")
     t0 = time.perf_counter()
     if victim_path and os.path.exists(victim_path):
         # A net of the same architecture (no training), then the cached weights.

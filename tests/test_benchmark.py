@@ -117,6 +117,10 @@ def test_prepare_benchmark_cache_reuses_victim_and_attacks(tmp_path):
     # Another setting is another key: nothing stale is reused.
     prepare_benchmark("digits", ["fgsm:0.2"], **kw)
     assert len(os.listdir(tmp_path)) == 4
+    # Another test subsample is another attack key but the same victim.
+    logs.clear()
+    prepare_benchmark("digits", ["fgsm:0.2"], **dict(kw, n_test=50))
+    assert "loaded from" in logs[0] and len(os.listdir(tmp_path)) == 5
 
 
 def test_an_attack_that_fools_nothing_is_reported_not_dropped(tmp_path):
