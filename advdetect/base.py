@@ -229,9 +229,10 @@ def _writable(chunk):
 def batched(fn, arrays, batch_size, device, dtype=torch.float32):
     """Apply ``fn`` to aligned mini-batches of numpy ``arrays`` under ``no_grad``.
 
-    ``fn`` returns a tensor or a tuple of tensors per batch; the result is the
-    numpy concatenation, moved to the CPU batch by batch so that peak memory
-    does not grow with the number of samples beyond the outputs themselves.
+    ``fn`` returns a tensor or a tuple of tensors per batch; the result is
+    one numpy array per tensor, allocated once and filled batch by batch, so
+    that peak memory does not grow with the number of samples beyond the
+    outputs themselves.
 
     A short last batch is zero-padded to ``batch_size`` (and the padding
     dropped): torch's float32 kernels pick their summation order from the
@@ -255,14 +256,18 @@ def batched(fn, arrays, batch_size, device, dtype=torch.float32):
             res = fn(*batch)
             single = not isinstance(res, tuple)
             res = (res,) if single else res
+            res = [r[:m].detach().cpu().numpy() for r in res]
             if outs is None:
-                outs = [[] for _ in res]
-            for store, r in zip(outs, res):
-                store.append(r[:m].detach().cpu().numpy())
+                # One output array per result, filled in place: no per-batch pieces
+                # to concatenate (which would double the peak for large outputs), and
+                # no small long-lived blocks left between the batches' large buffers,
+                # which kept glibc from reusing them (memory grew with n).
+                outs = [np.empty((n,) + r.shape[1:], dtype=r.dtype) for r in res]
+            for out, r in zip(outs, res):
+                out[start:start + m] = r
     if outs is None:
         raise ValueError("cannot run a forward pass on zero samples")
-    cat = tuple(np.concatenate(o) for o in outs)
-    return cat[0] if single else cat
+    return outs[0] if single else tuple(outs)
 
 
 class EpochProgressBar(Callback):

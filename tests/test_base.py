@@ -86,6 +86,15 @@ def test_batched_matches_unbatched():
     out = batched(lambda x: (x * 2, x.sum(1)), X, batch_size=5, device="cpu")
     np.testing.assert_allclose(out[0], X * 2, rtol=1e-6)
     np.testing.assert_allclose(out[1], X.sum(1), rtol=1e-5)
+    # dtypes and trailing shapes are kept; a single tensor gives a single array
+    idx, mask = batched(lambda x: (x.argmax(1), x.reshape(-1, 2, 2) > 0.5), X, batch_size=5,
+                        device="cpu")
+    assert idx.dtype == np.int64 and mask.dtype == np.bool_ and mask.shape == (23, 2, 2)
+    np.testing.assert_array_equal(idx, X.argmax(1))
+    np.testing.assert_array_equal(mask, X.reshape(-1, 2, 2) > 0.5)
+    single = batched(lambda x: x[:, :1], X, batch_size=23, device="cpu")
+    assert isinstance(single, np.ndarray) and single.flags.owndata
+    np.testing.assert_array_equal(single, X[:, :1])
 
 
 @pytest.mark.parametrize("bad, match", [
