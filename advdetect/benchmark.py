@@ -121,12 +121,21 @@ def to_markdown(frame, floatfmt=".3f"):
     return "\n".join(lines)
 
 
-def _throughput(fn, X, repeats=1):
+def _throughput(fn, X, repeats=5):
+    """Images per second of ``fn`` on ``X``: the best of ``repeats`` timed runs.
+
+    One run of 1,000 MNIST images takes a fraction of a second, so a single
+    timing moves by 30 % with whatever else the machine does. The best of
+    several runs (as :mod:`timeit` advises) is the stable estimate of the cost,
+    and the classifier and every detector are timed the same way.
+    """
     fn(X[:64])  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
+    best = float("inf")
+    for _ in range(max(1, int(repeats))):
+        start = time.perf_counter()
         fn(X)
-    return repeats * len(X) / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return len(X) / best
 
 
 def _make_detectors(names, victim, seed, epochs, verbose):
