@@ -13,7 +13,7 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.parametrize("script, attacks, expect", [
     ("bench_cmag.py", ["fgsm:0.3"], ["Tables 6-7", "CMAG (paper)", "Against the targets"]),
     ("bench_dafar.py", ["fgsm:0.3", "pgd:0.3"], ["Table 4", "Table 5", "Fig. 9", "Fig. 10",
-                                                 "DAFAR (no C)"]),
+                                                 "DAFAR (no C)", "Threshold rules"]),
     ("bench_detectors.py", ["fgsm:0.3"], ["ROC-AUC", "Published figures", "Timing"]),
     ("bench_attacks.py", ["fgsm:0.3", "cw:0"], ["seconds_per_1000", "CW-L2 target"]),
 ])
