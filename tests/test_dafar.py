@@ -369,3 +369,56 @@ def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim, use_anoma
     assert np.mean(det.predict(X_te) == -1) < 0.2
     purified = det.transform(X_adv)
     assert purified.shape == X_adv.shape and purified.min() >= 0 and purified.max() <= 1
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3), dict(kernel_size=3, padding=1),
+                                dict(kernel_size=(3, 5), padding=(1, 2), dilation=2),
+                                dict(kernel_size=4, stride=2, padding=1),
+                                dict(kernel_size=3, groups=2)])
+def test_transposed_conv_fast_path_is_the_same_map(kw):
+    from advdetect.nn.decoders import _transposed_conv
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(4, 6, **kw)
+    x = torch.rand(3, 4, 9, 11, requires_grad=True)
+    out = _transposed_conv(layer, x)
+    ref = layer(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # Same gradients for the input and the weights, so training is unchanged.
+    g, g_ref = (torch.autograd.grad(o.square().sum(), (x, layer.weight, layer.bias))
+                for o in (out, ref))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_pooling_indices_recorded_in_the_forward_pass_itself():
+    net = MNISTCNN().eval()
+    pools = [net.features.pool1, net.features.pool2]
+    recorder = PoolingIndexRecorder(pools)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        expected_out = net(x)
+        expected_idx = recorder.take()  # recomputed by the hook
+        calls = []
+        orig = nn.functional.max_pool2d
+        with recorder.recording():
+            assert all(p.return_indices for p in pools)
+            nn.functional.max_pool2d = lambda *a, **k: calls.append(1) or orig(*a, **k)
+            try:
+                out = net(x)
+            finally:
+                nn.functional.max_pool2d = orig
+        idx = recorder.take()
+    assert not any(p.return_indices for p in pools)  # restored
+    torch.testing.assert_close(out, expected_out)  # the classifier's output is unchanged
+    for a, b in zip(idx, expected_idx):
+        torch.testing.assert_close(a, b)
+    assert len(calls) == 2  # one pooling per layer, not two
+    # Restored on error too, and a layer built to return indices keeps its pair.
+    with pytest.raises(RuntimeError, match="boom"), recorder.recording():
+        raise RuntimeError("boom")
+    assert not any(p.return_indices for p in pools)
+    own = nn.MaxPool2d(2, return_indices=True)
+    rec = PoolingIndexRecorder([own])
+    with rec.recording():
+        values, indices = own(torch.rand(1, 1, 4, 4))
+    assert own.return_indices and rec.take()[0] is indices
