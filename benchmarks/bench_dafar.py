@@ -38,7 +38,7 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DetectAndPurify
 from advdetect.base import batched
-from advdetect.benchmark import _throughput, prepare_benchmark, to_markdown
+from advdetect.benchmark import _throughputs, prepare_benchmark, to_markdown
 from advdetect.metrics import detection_report
 
 DETECTION = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0"]
@@ -81,7 +81,7 @@ def threshold_rules(det, X_clean, adversarial):
             for name, thr in rules.items()]
     return "\n".join([f"## Threshold rules on the same {len(cal)} calibration scores "
                       f"(skewness {stats.skew(cal):.2f}, of the log {stats.skew(log):.2f})",
-                      "", to_markdown(pd.DataFrame(rows)), ""])
+                      "", to_markdown(pd.DataFrame(rows))])
 
 
 def main():
@@ -189,11 +189,12 @@ def main():
               "", to_markdown(pd.DataFrame(rows10)), ""]
 
     forward = victim.module_.eval()
-    clf_ips = _throughput(lambda X: batched(forward, X, 256, det.device_), X_te)
-    ips = _throughput(det.score_samples, X_te)
+    ips, clf_ips = _throughputs([det.score_samples, lambda X: batched(
+        forward, X, det.batch_size, det.device_)], X_te)
     parts += ["## Timing (target: scoring < 2.5x the victim's forward pass)", "",
               to_markdown(pd.DataFrame([dict(detector="DAFAR", fit_seconds=fit_seconds,
-                                             n_train=len(X_tr), score_images_per_s=ips,
+                                             n_train=len(X_tr), batch_size=det.batch_size,
+                                             score_images_per_s=ips,
                                              classifier_images_per_s=clf_ips,
                                              cost_vs_classifier=clf_ips / ips)]),
                           floatfmt=".2f"), ""]

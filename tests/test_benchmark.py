@@ -34,6 +34,10 @@ def test_tables_have_every_detector_and_attack(tiny_run):
     timing = tables["timing"].set_index("detector")
     assert timing.loc["CMAG", "fit_seconds"] > 0
     assert timing.loc["CMAG", "cost_vs_classifier"] > 0
+    # The classifier is timed at the detector's own batch size (recorded in the table).
+    assert timing.loc["CMAG", "batch_size"] == 128
+    assert timing.loc["CMAG", "cost_vs_classifier"] == pytest.approx(
+        timing.loc["CMAG", "classifier_images_per_s"] / timing.loc["CMAG", "score_images_per_s"])
 
 
 def test_outputs_written(tiny_run):
@@ -83,6 +87,21 @@ def test_throughput_is_the_best_of_its_runs(monkeypatch):
     ips = benchmark._throughput(lambda X: calls.append(len(X)), np.zeros((100, 1)), repeats=3)
     assert calls == [64, 100, 100, 100]  # a warm-up on 64 images, then three timed runs
     assert ips == pytest.approx(100 / 0.5)
+
+
+
+def test_throughputs_interleave_their_runs(monkeypatch):
+    # A detector and the classifier are timed turn by turn, so a slow spell hits both.
+    from advdetect import benchmark
+    clock = iter(np.arange(0.0, 100.0))
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    calls = []
+    ips = benchmark._throughputs([lambda X: calls.append(("a", len(X))),
+                                  lambda X: calls.append(("b", len(X)))],
+                                 np.zeros((100, 1)), repeats=2)
+    # Warm-ups on 64 images, then the timed runs alternate.
+    assert calls == [("a", 64), ("b", 64)] + [("a", 100), ("b", 100)] * 2
+    assert ips == [100.0, 100.0]  # every fake run takes one second
 
 
 def test_parse_attack_and_markdown():

@@ -154,7 +154,7 @@ def render(folder, rel):
     timing_path = os.path.join(folder, "timing.csv")
     if os.path.exists(timing_path):
         trows = _read_csv(timing_path)
-        cols = [c for c in ("detector", "fit_seconds", "score_images_per_s",
+        cols = [c for c in ("detector", "fit_seconds", "batch_size", "score_images_per_s",
                             "classifier_images_per_s", "cost_vs_classifier")
                 if trows and c in trows[0]]
         out += ["Timing", "~" * 6, ""]
