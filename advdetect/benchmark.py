@@ -121,23 +121,17 @@ def to_markdown(frame, floatfmt=".3f"):
     return "\n".join(lines)
 
 
-def _throughput(fn, X, repeats=5):
-    """Images per second of ``fn`` on ``X``: the best of ``repeats`` timed runs.
+def _throughputs(fns, X, repeats=5):
+    """Images per second of each of ``fns`` on ``X``: the best of ``repeats`` timed runs.
 
     One run of 1,000 MNIST images takes a fraction of a second, so a single
     timing moves by 30 % with whatever else the machine does. The best of
     several runs (as :mod:`timeit` advises) is the stable estimate of the cost.
-    """
-    return _throughputs([fn], X, repeats)[0]
-
-
-def _throughputs(fns, X, repeats=5):
-    """:func:`_throughput` of several functions, their runs interleaved.
-
-    A detector and the classifier it is compared with are timed turn by turn
-    within the same seconds, so that a slow spell of the machine (or of the
-    process: on this 2-core VM the classifier's speed at a given batch size
-    moves by up to 25 % from one process to the next) weighs on both alike.
+    The functions' runs are interleaved: a detector and the classifier it is
+    compared with are timed turn by turn within the same seconds, so that a slow
+    spell of the machine (or of the process: on this 2-core VM the classifier's
+    speed at a given batch size moves by up to 25 % from one process to the
+    next) weighs on both alike.
     """
     for fn in fns:
         fn(X[:64])  # warm-up

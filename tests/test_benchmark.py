@@ -84,10 +84,10 @@ def test_throughput_is_the_best_of_its_runs(monkeypatch):
     clock = iter([0.0, 2.0, 10.0, 10.5, 20.0, 21.0])  # runs of 2.0, 0.5 and 1.0 s
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
     calls = []
-    ips = benchmark._throughput(lambda X: calls.append(len(X)), np.zeros((100, 1)), repeats=3)
+    [ips] = benchmark._throughputs([lambda X: calls.append(len(X))], np.zeros((100, 1)),
+                                   repeats=3)
     assert calls == [64, 100, 100, 100]  # a warm-up on 64 images, then three timed runs
     assert ips == pytest.approx(100 / 0.5)
-
 
 
 def test_throughputs_interleave_their_runs(monkeypatch):
