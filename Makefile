@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.advdetect-installed
 
-.PHONY: install demo test benchmark docs clean
+.PHONY: install data demo test benchmark docs clean
 
 install: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test,docs]"
 	touch $(STAMP)
+
+# Fashion-MNIST (CMAG Table 4) from Debian's package; needs root (CI runs as root).
+# Without it the Fashion-MNIST tests skip and load_fashion_mnist says how to get it.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+data:
+	@test -d $(FASHION_DIR) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) ; } \
+	  || echo "Fashion-MNIST not installed (needs root: apt-get install dataset-fashion-mnist)"
 
 demo: $(STAMP)
 	$(BIN)/advdetect demo
@@ -29,7 +37,7 @@ docs: $(STAMP)
 
 # The docs first: tests/test_docs.py checks the built site (TestBuiltSite), and
 # the doctests of advdetect/ run with the suite (setup.cfg: --doctest-modules).
-test: docs
+test: data docs
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 benchmark: $(STAMP)

