@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .base import as_logits, infer_output_kind, unwrap_classifier
+from .base import as_logits, infer_output_kind, seeded, unwrap_classifier
 
 __all__ = ["ATTACKS", "CW_BACKENDS", "AttackResult", "carlini_wagner_l2", "check_adversarial",
            "generate", "perturbation_norms"]
@@ -559,29 +559,6 @@ def _attack_mode(module):
             m.training = mode
 
 
-@contextlib.contextmanager
-def _seeded(random_state):
-    """Seed torch and numpy's global generators (ART draws from numpy's), then
-    restore them, so a seeded call is reproducible and leaves the caller's
-    random streams as they were."""
-    if random_state is None:
-        yield np.random.default_rng()
-        return
-    if isinstance(random_state, np.random.RandomState):
-        random_state = int(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, np.random.Generator):
-        random_state = int(random_state.integers(0, 2**31 - 1))
-    seed = int(random_state)
-    np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed)
-        try:
-            yield np.random.default_rng(seed)
-        finally:
-            np.random.set_state(np_state)
-
-
 def _predict(module, X, batch_size, device):
     out = []
     with torch.no_grad():
@@ -760,7 +737,7 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
 
-    with _attack_mode(module), _seeded(random_state) as rng:
+    with _attack_mode(module), seeded(random_state) as rng:
         with torch.no_grad():
             probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
         if probe.ndim != 2:

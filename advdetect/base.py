@@ -11,6 +11,8 @@ import contextlib
 import contextvars
 import copy
 import numbers
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -33,6 +35,12 @@ __all__ = [
 
 # Values a hair outside [0, 1] (float rounding in a user's scaling) are accepted.
 RANGE_TOLERANCE = 1e-5
+
+# A threshold at a strict minimum or maximum of n clean scores is passed by about
+# 1 / (n + 1) of new clean images: below this many, over 1 %.
+MIN_EXTREME_SAMPLES = 100
+# No threshold can be learned from fewer clean images than this.
+MIN_THRESHOLD_SAMPLES = 2
 
 
 # --------------------------------------------------------------------------- #
@@ -66,15 +74,63 @@ def resolve_device(device):
     return device
 
 
-def seed_everything(random_state):
-    """Seed torch and return a numpy Generator; ``None`` leaves torch unseeded."""
-    if random_state is None:
-        return np.random.default_rng()
+def _seed_from(random_state):
+    """An int seed from ``random_state`` (int, RandomState or Generator, drawn from)."""
     if isinstance(random_state, np.random.RandomState):
-        random_state = int(random_state.randint(0, 2**31 - 1))
-    seed = int(random_state)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    return int(random_state)
+
+
+@contextlib.contextmanager
+def seeded(random_state):
+    """Seed torch's and numpy's global generators for the block only; yield a Generator.
+
+    The one seeding helper of advdetect (``fit``, ``train_classifier``,
+    ``attacks.generate``). Inside the block torch's generators (the CPU one and,
+    when CUDA is available, every CUDA device's) and numpy's legacy global
+    generator (which ART draws from) are seeded with ``random_state``; on exit
+    they are restored, so a seeded call is reproducible and leaves the caller's
+    random streams where they were (scikit-learn's rule: an estimator draws from
+    its own generator). ``None`` seeds nothing and restores nothing: the block
+    draws from the global generators, as scikit-learn's ``random_state=None`` does.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.RandomState, numpy.random.Generator or None
+        A RandomState or Generator is drawn from once for the seed.
+
+    Yields
+    ------
+    numpy.random.Generator
+        Seeded with the same seed (unseeded for ``None``), for the caller's own draws.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(1)
+    >>> before = torch.random.get_rng_state()
+    >>> with seeded(0) as rng:
+    ...     a = torch.rand(2)
+    >>> with seeded(0) as rng:
+    ...     b = torch.rand(2)
+    >>> bool(torch.equal(a, b)), bool(torch.equal(torch.random.get_rng_state(), before))
+    (True, True)
+    """
+    if random_state is None:
+        yield np.random.default_rng()
+        return
+    seed = _seed_from(random_state)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    np_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield np.random.default_rng(seed)
+    finally:
+        np.random.set_state(np_state)
 
 
 # --------------------------------------------------------------------------- #
@@ -220,10 +276,36 @@ def infer_output_kind(scores):
 # --------------------------------------------------------------------------- #
 # Batching and training
 # --------------------------------------------------------------------------- #
-def _writable(chunk):
-    if isinstance(chunk, np.ndarray) and not chunk.flags.writeable:
-        return chunk.copy()
-    return chunk
+def writable(array):
+    """``array``, copied if it is a read-only numpy array, else as it is.
+
+    Every numpy array handed to torch goes through this: torch cannot share the
+    memory of a read-only array (a memory map opened with ``mmap_mode="r"``, the
+    values of a pandas 3 DataFrame, an unpickled array) and warns "The given NumPy
+    array is not writable" (an error under ``-W error``).
+    """
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return array.copy()
+    return array
+
+
+_writable = writable
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Eval mode for the block; every submodule's own ``training`` flag restored after.
+
+    ``module.train(was_training)`` would set one flag on every submodule, losing
+    a mix (a frozen BatchNorm in a training network); this restores each.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def batched(fn, arrays, batch_size, device, dtype=torch.float32):
@@ -446,6 +528,26 @@ def _clean_rows(y, n_samples):
     return keep
 
 
+def _caller_stacklevel():
+    """``stacklevel`` for a warning raised here that points at the first frame outside advdetect."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_enough_images(X, where):
+    """ValueError when fewer than ``MIN_THRESHOLD_SAMPLES`` images reach a threshold."""
+    n = len(X)
+    if n < MIN_THRESHOLD_SAMPLES:
+        raise ValueError(
+            f"{where} got {n} sample{'s' if n != 1 else ''}: a detector learns its threshold "
+            f"from the spread of the scores of clean images and needs at least "
+            f"{MIN_THRESHOLD_SAMPLES} of them (and about 1/rate for a threshold that flags a "
+            f"fraction rate of clean images).")
+
+
 # --------------------------------------------------------------------------- #
 # The estimator base
 # --------------------------------------------------------------------------- #
@@ -557,6 +659,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if reset:
             self.image_shape_ = tuple(int(s) for s in images.shape[1:])
             self.flat_input_ = ndim == 2 and input_shape == "flat"
+            # fit hands X to torch and skorch whole; scoring copies batch by batch
+            # (batched), so a large read-only X is not copied there.
+            images = writable(images)
         return images
 
     @staticmethod
@@ -593,7 +698,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """Deep-copy, freeze and hook the protected classifier; check its output."""
         module = copy.deepcopy(unwrap_classifier(self.classifier)).to(self.device_)
         module.eval()
-        probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
+        probe = torch.as_tensor(writable(X[: min(len(X), 8)]), device=self.device_)
         # Lazy layers size themselves on the first batch: run one before naming a
         # layer or freezing the weights.
         _probe(module, probe.flatten(1) if self.flat_input_ else probe)
@@ -657,10 +762,45 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         self.device_ = resolve_device(getattr(self, "device", "cpu"))
-        rng = seed_everything(getattr(self, "random_state", None))
-        X, y = self._validate_fit_data(X, y)
-        self._fit(X, y, rng)
+        with seeded(getattr(self, "random_state", None)) as rng:
+            X, y = self._validate_fit_data(X, y)
+            _check_enough_images(X, "fit")
+            self._fit(X, y, rng)
         return self
+
+    def _check_threshold_data(self, n, rate, rule, held_out=True):
+        """Warn when ``n`` clean scores cannot support a threshold at clean flag rate ``rate``.
+
+        The one check of every threshold rule (CMAG's quantile or strict
+        min/max, DAFAR's mean + z sigma, MagNet's drop rate, Feature Squeezing's
+        fpr, :meth:`calibrate`, :meth:`recalibrate`). A threshold meant to flag a
+        fraction ``rate`` of clean images is an estimate of their
+        ``rate``-quantile, which ``n`` scores resolve only down to ``1 / n``: it
+        needs at least ``ceil(1 / rate)`` of them. A strict minimum or maximum
+        (``rate`` 0) is passed by about ``1 / (n + 1)`` of new clean images, over
+        1 % below 100 scores. Fewer than ``2`` are refused earlier (by ``fit`` and
+        ``calibrate``); fewer than needed get a ``UserWarning`` that names the
+        number needed (and, with ``held_out``, how many images ``fit`` must get
+        for its ``validation_fraction`` to hold that many out).
+        """
+        needed = MIN_EXTREME_SAMPLES if rate <= 0 else int(np.ceil(1.0 / rate - 1e-9))
+        needed = max(needed, 2)
+        if n >= needed:
+            return
+        if rate <= 0:
+            why = (f"the most extreme of {n} clean score(s) is passed by about 1/{n + 1} of "
+                   f"new clean images")
+        else:
+            why = f"a threshold that flags a fraction {rate:.4g} of clean images"
+        advice = f"give it at least {needed} clean images"
+        frac = getattr(self, "validation_fraction", 0.0) if held_out else 0.0
+        if frac:
+            advice = (f"give fit at least {int(np.ceil(needed / frac))} clean images "
+                      f"(validation_fraction={frac:g} holds {needed} of them out)")
+        warnings.warn(
+            f"{type(self).__name__}: {rule} is learned from {n} clean image(s), but {why} "
+            f"needs at least {needed}: expect a false-positive rate far from the one asked "
+            f"for; {advice}.", UserWarning, stacklevel=_caller_stacklevel())
 
     def _split_calibration(self, X, rng):
         """Hold out ``validation_fraction`` of X (at least 1 sample each side) for thresholds."""
@@ -700,8 +840,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return self._score_batch(xb)
 
     def _eval_mode(self):
-        for value in vars(self).values():
-            if isinstance(value, torch.nn.Module):
+        """Eval mode for the detector's own networks (fitted ``*_`` attributes) only.
+
+        Never for a parameter: ``classifier`` is the user's object, which the
+        detector must not change (it works on its own copy, ``classifier_``).
+        """
+        for name, value in vars(self).items():
+            if name.endswith("_") and not name.startswith("_") and \
+                    isinstance(value, torch.nn.Module):
                 value.eval()
 
     def score_samples(self, X):
@@ -809,6 +955,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if not isinstance(fpr, numbers.Real) or not 0 <= fpr < 1:
             raise ValueError(f"fpr must be in [0, 1), got {fpr!r}")
         scores = self.score_samples(X)
+        _check_enough_images(scores, "calibrate")
+        self._check_threshold_data(len(scores), fpr, f"calibrate(fpr={fpr:g})", held_out=False)
         # "lower" interpolation: at most a fraction fpr of X falls strictly below.
         self.offset_ = float(np.quantile(scores, fpr, method="lower"))
         return self

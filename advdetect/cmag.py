@@ -333,6 +333,11 @@ class CMAGDetector(BaseDetector):
         ``threshold_quantile`` or ``confidence_test`` on a fitted detector and
         calling this gives the thresholds that a refit would learn.
         """
+        q = self.threshold_quantile
+        self._check_threshold_data(
+            len(self.calibration_metrics_), q,
+            f"threshold_quantile={q:g}" if q > 0 else
+            "Algorithm 2's strict min/max threshold (threshold_quantile=0)")
         self.thresholds_ = self._learn_thresholds(self.calibration_metrics_)
         single = self.stage != "all"
         self.threshold_ssim_ = float(self.thresholds_.loc[self.stage, "ssim"]) if single \

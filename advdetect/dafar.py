@@ -5,6 +5,7 @@ Defending against Adversaries by Feedback-Autoencoder Reconstruction*.
 Section 4 (Eqs. 3-9) and Tables 1-3.
 """
 
+import math
 import numbers
 import warnings
 
@@ -15,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 
-from .base import BaseDetector, batched, train_module
+from .base import BaseDetector, batched, train_module, writable
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
 
@@ -395,6 +396,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
                              "the anomaly detector C: refit it to score with C.")
         scores = self.calibration_anomaly_scores_ if self.use_anomaly_detector \
             else self.calibration_l2_
+        # mean + z sigma claims the clean flag rate of a normal tail beyond z sigma.
+        rate = 0.5 * math.erfc(float(self.z) / math.sqrt(2.0))
+        self._check_threshold_data(
+            len(scores), rate, f"alpha = mean + z*sigma with z={self.z:g} (Eq. 9, the normal "
+            "tail beyond z sigma)")
         sigma = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
         self.threshold_ = float(np.mean(scores) + self.z * sigma)
         self.offset_ = -self.threshold_
@@ -409,7 +415,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.decoder_kind_ = "dense"
         if self.decoder == "dense":
             return dense, []
-        probe = torch.as_tensor(X[:2], device=self.device_)
+        probe = torch.as_tensor(writable(X[:2]), device=self.device_)
         model = hooked.module
         try:
             calls, later = trace_encoder(model, self.feature_layer_,

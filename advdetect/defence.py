@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from .base import batched, unwrap_classifier
+from .base import batched, eval_mode, unwrap_classifier
 
 __all__ = ["DetectAndPurify"]
 
@@ -166,13 +166,10 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
         device = param.device if param is not None else "cpu"
         flat = getattr(self.detector_, "flat_input_", False)
         batch_size = getattr(self.detector_, "batch_size", 256)
-        was_training = module.training
-        module.eval()
-        try:
+        # Every submodule's own flag is restored: the classifier is the user's object.
+        with eval_mode(module):
             return batched(lambda xb: module(xb.flatten(1) if flat else xb), images,
                            batch_size, device)
-        finally:
-            module.train(was_training)
 
     # ------------------------------------------------------------- predict
     def _detect(self, X):

@@ -403,6 +403,8 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         self.validation_errors_ = pd.DataFrame(
             {f"error_{name}": np.asarray(e, dtype=np.float64)
              for name, e in zip(self.detectors_, errors)})
+        self._check_threshold_data(len(cal_idx), self.drop_rate,
+                                   f"drop_rate={self.drop_rate:g}")
         rows = {}
         for name in self.detectors_:
             e = self.validation_errors_[f"error_{name}"].to_numpy()

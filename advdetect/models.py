@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import resolve_device, seed_everything
+from .base import resolve_device, seeded, writable
 
 __all__ = ["MNISTCNN", "CIFARCNN", "SmallCNN", "RandomShift", "train_classifier"]
 
@@ -248,7 +248,9 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
     """
     from skorch import NeuralNetClassifier
 
-    X = np.asarray(X, dtype=np.float32)
+    # A read-only array (a memory map, a pandas 3 frame's values) is copied: torch
+    # cannot share its memory and warns.
+    X = writable(np.asarray(X, dtype=np.float32))
     if X.ndim == 3:
         X = X[:, None]
     if X.ndim != 4:
@@ -285,23 +287,23 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
         module = modules[arch]
     else:
         module = arch
-    seed_everything(random_state)
-    net = NeuralNetClassifier(
-        module,
-        module__n_classes=n_classes,
-        module__in_channels=shape[0],
-        module__image_size=shape[1],
-        criterion=nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=lr,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        train_split=None,
-        iterator_train__shuffle=True,
-        device=resolve_device(device),
-        verbose=verbose,
-        **net_params,
-    )
-    net.fit(X, y.astype(np.int64))
+    with seeded(random_state):
+        net = NeuralNetClassifier(
+            module,
+            module__n_classes=n_classes,
+            module__in_channels=shape[0],
+            module__image_size=shape[1],
+            criterion=nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=None,
+            iterator_train__shuffle=True,
+            device=resolve_device(device),
+            verbose=verbose,
+            **net_params,
+        )
+        net.fit(X, y.astype(np.int64))
     net.module_.eval()
     return net

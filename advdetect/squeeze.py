@@ -373,6 +373,8 @@ class FeatureSqueezingDetector(BaseDetector):
         finally:
             if bar is not None:
                 bar.close()
+        self._check_threshold_data(len(distances), self.fpr, f"fpr={self.fpr:g}",
+                                   held_out=False)
         self.threshold_ = _upper_quantile(distances, self.fpr)
         self.offset_ = -self.threshold_
 

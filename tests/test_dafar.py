@@ -55,7 +55,8 @@ def test_mirror_plan_of_mnist_cnn_is_table_2():
     recorder = PoolingIndexRecorder([net.get_submodule(p) for p in pools])
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
-        feats = net.features(x)
+        with recorder.recording():
+            feats = net.features(x)
         out = decoder(feats, recorder.take())
     assert out.shape == (3, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
 
@@ -87,7 +88,8 @@ def test_pooling_indices_are_the_encoders_argmax():
     recorder = PoolingIndexRecorder([net.features.pool1])
     x = torch.rand(2, 1, 28, 28)
     with torch.no_grad():
-        net(x)
+        with recorder.recording():
+            net(x)
         idx = recorder.take()[0]
         pre = net.features[:4](x)  # conv1 relu1 conv2 relu2: the input of pool1
         _, expected = nn.functional.max_pool2d(pre, 2, return_indices=True)
@@ -147,6 +149,7 @@ def test_dense_decoder_on_request(digits_small, small_victim):
     X, _ = digits_small
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*needs at least")  # 60 images
         det = DAFARDetector(small_victim, decoder="dense", **FAST).fit(X[:60])
     assert det.decoder_kind_ == "dense" and det.transform(X[:2]).shape == (2, 1, 8, 8)
 
@@ -397,7 +400,10 @@ def test_pooling_indices_recorded_in_the_forward_pass_itself():
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         expected_out = net(x)
-        expected_idx = recorder.take()  # recomputed by the hook
+        pre = net.features[:4](x)  # the input of pool1, then of pool2
+        expected_idx = [nn.functional.max_pool2d(pre, 2, return_indices=True)[1],
+                        nn.functional.max_pool2d(net.features[:9](x), 2,
+                                                 return_indices=True)[1]]
         calls = []
         orig = nn.functional.max_pool2d
         with recorder.recording():
@@ -409,6 +415,7 @@ def test_pooling_indices_recorded_in_the_forward_pass_itself():
                 nn.functional.max_pool2d = orig
         idx = recorder.take()
     assert not any(p.return_indices for p in pools)  # restored
+    assert not any(p._forward_hooks for p in pools)  # hooks only for the block
     torch.testing.assert_close(out, expected_out)  # the classifier's output is unchanged
     for a, b in zip(idx, expected_idx):
         torch.testing.assert_close(a, b)

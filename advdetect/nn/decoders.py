@@ -365,41 +365,44 @@ def make_feedback_decoder(spec):
 # The feedback autoencoder D(E(.))
 # --------------------------------------------------------------------------- #
 class PoolingIndexRecorder:
-    """Forward hooks that record the argmax indices of max-pooling layers.
+    """Record the argmax indices of max-pooling layers in one forward pass.
 
     Inside :meth:`recording`, the pooling layers return their indices from the
-    same pass (``return_indices`` is switched on for the block) and the hook
-    hands the values on, so the classifier's output is unchanged. Outside it,
-    the hook recomputes ``F.max_pool2d(input, ..., return_indices=True)`` on the
-    same input. Indices are keyed by position, so registering twice (after
-    unpickling) overwrites rather than duplicates.
+    same pass (``return_indices`` is switched on for the block) and a forward
+    hook keeps them and hands the values on, so the classifier's output is
+    unchanged. The hooks exist for the block only: no hook and no hook handle
+    is part of a fitted detector. (Torch numbers hooks with a per-process
+    counter; a hook pickled under its number from the fitting process was
+    replaced, in a new process, by a later registration that drew the same
+    number, and the layer then handed ``(values, indices)`` to the next layer.)
     """
 
     def __init__(self, pool_modules):
         self.pool_modules = list(pool_modules)
         self.indices = [None] * len(self.pool_modules)
         self.forced = [False] * len(self.pool_modules)
-        for i, m in enumerate(self.pool_modules):
-            # First, so that every other hook (the feature hook) sees the values only.
-            m.register_forward_hook(self._hook_for(i), prepend=True)
-
-    def _hook_for(self, i):
-        return _RecordHook(self, i)
 
     @contextlib.contextmanager
     def recording(self):
         """Let the pooling layers compute their indices in the forward pass itself.
 
         Saves the second max-pooling per layer (about 10 % of DAFAR's scoring
-        time on MNIST); a layer's own ``return_indices`` is restored on exit.
+        time on MNIST). A layer's own ``return_indices`` is restored, and the
+        hooks removed, on exit.
         """
         saved = [m.return_indices for m in self.pool_modules]
-        self.forced = [not r for r in saved]
-        for m in self.pool_modules:
-            m.return_indices = True
+        handles = []
         try:
+            for i, m in enumerate(self.pool_modules):
+                _drop_pickled_record_hooks(m)
+                # First, so that every other hook (the feature hook) sees the values only.
+                handles.append(m.register_forward_hook(_RecordHook(self, i), prepend=True))
+                self.forced[i] = not saved[i]
+                m.return_indices = True
             yield self
         finally:
+            for h in handles:
+                h.remove()
             for m, r in zip(self.pool_modules, saved):
                 m.return_indices = r
             self.forced = [False] * len(self.pool_modules)
@@ -411,8 +414,17 @@ class PoolingIndexRecorder:
         return out
 
 
+def _drop_pickled_record_hooks(module):
+    """Remove the permanent record hooks that detectors pickled before issue 14 carry."""
+    for key, hook in list(module._forward_hooks.items()):
+        if isinstance(hook, _RecordHook):
+            del module._forward_hooks[key]
+            module._forward_hooks_with_kwargs.pop(key, None)
+            module._forward_hooks_always_called.pop(key, None)
+
+
 class _RecordHook:
-    """Picklable forward hook (a closure would not pickle)."""
+    """The forward hook of :class:`PoolingIndexRecorder` (a class, so old pickles load)."""
 
     def __init__(self, recorder, i):
         self.recorder, self.i = recorder, i
@@ -423,6 +435,7 @@ class _RecordHook:
             # Values only when recording() asked for the indices; a layer built
             # with return_indices=True keeps returning its pair.
             return output[0] if self.recorder.forced[self.i] else None
+        # A pooling layer that ignores return_indices: recompute them.
         with torch.no_grad():
             _, idx = F.max_pool2d(inputs[0], m.kernel_size, m.stride, m.padding, m.dilation,
                                   ceil_mode=m.ceil_mode, return_indices=True)
