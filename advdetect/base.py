@@ -759,6 +759,25 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            When fewer than 2 clean images are given: no threshold can be learned.
+
+        Warns
+        -----
+        UserWarning
+            When the clean images held out for the threshold are fewer than it
+            needs: ``ceil(1 / rate)`` for a threshold meant to flag a fraction
+            ``rate`` of clean images (100 for a strict minimum or maximum); the
+            message names the number of images ``fit`` needs.
+
+        Notes
+        -----
+        With ``random_state`` set, torch's and numpy's global generators are
+        seeded for the duration of ``fit`` and restored after it: the caller's
+        random streams are left where they were.
         """
         self._check_params()
         self.device_ = resolve_device(getattr(self, "device", "cpu"))
@@ -951,6 +970,17 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            When ``fpr`` is outside [0, 1) or ``X`` holds fewer than 2 images.
+
+        Warns
+        -----
+        UserWarning
+            When ``X`` holds fewer than ``ceil(1 / fpr)`` images (100 for
+            ``fpr=0``), too few to resolve the ``fpr``-quantile.
         """
         if not isinstance(fpr, numbers.Real) or not 0 <= fpr < 1:
             raise ValueError(f"fpr must be in [0, 1), got {fpr!r}")

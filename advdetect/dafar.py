@@ -526,6 +526,16 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            When ``fpr`` is outside [0, 1) or ``X`` holds fewer than 2 images.
+
+        Warns
+        -----
+        UserWarning
+            When ``X`` holds fewer than ``ceil(1 / fpr)`` images.
         """
         super().calibrate(X, fpr)
         self.threshold_ = -self.offset_
