@@ -404,7 +404,7 @@ def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=N
     if _SKIP_TRAINING.get():
         net.initialize()  # advdetect.persistence builds the network; it loads the weights
     else:
-        net.fit(X, y)
+        net.fit(writable(X), writable(y))  # skorch's dataset hands numpy to torch
     module = net.module_
     module.eval()
     return module
