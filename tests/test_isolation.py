@@ -217,14 +217,18 @@ def test_seeded_fit_leaves_the_global_generators_alone_and_stays_reproducible(na
     np.testing.assert_array_equal(scores[0], scores[1])
 
 
-def test_seeded_training_and_attacks_leave_the_global_generators_alone():
+def test_seeded_training_attacks_and_datasets_leave_the_global_generators_alone():
     from advdetect.attacks import generate
+    from advdetect.datasets import load_arrays, load_digits
     from advdetect.models import train_classifier
 
     X, y = _images(), np.arange(40) % 10
     torch.manual_seed(3)
     np.random.seed(3)
     before = _generator_states()
+    load_digits(random_state=0)
+    load_arrays(X, y, random_state=0)
+    _assert_same_states(before, _generator_states())
     net = train_classifier(X, y, max_epochs=1, device="cpu", random_state=0)
     _assert_same_states(before, _generator_states())
     for attack in ("fgsm", "pgd", "jsma"):
