@@ -807,19 +807,19 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if n >= needed:
             return
         if rate <= 0:
-            why = (f"the most extreme of {n} clean score(s) is passed by about 1/{n + 1} of "
-                   f"new clean images")
+            why = (f"the most extreme of n clean scores is passed by about 1/(n + 1) of new "
+                   f"clean images, and such a strict threshold (under 1 %)")
         else:
             why = f"a threshold that flags a fraction {rate:.4g} of clean images"
-        advice = f"give it at least {needed} clean images"
+        advice = f"use at least {needed} clean images"
         frac = getattr(self, "validation_fraction", 0.0) if held_out else 0.0
         if frac:
             advice = (f"give fit at least {int(np.ceil(needed / frac))} clean images "
                       f"(validation_fraction={frac:g} holds {needed} of them out)")
         warnings.warn(
             f"{type(self).__name__}: {rule} is learned from {n} clean image(s), but {why} "
-            f"needs at least {needed}: expect a false-positive rate far from the one asked "
-            f"for; {advice}.", UserWarning, stacklevel=_caller_stacklevel())
+            f"needs at least {needed}: expect a false-positive rate far from the rule's "
+            f"nominal rate; {advice}.", UserWarning, stacklevel=_caller_stacklevel())
 
     def _split_calibration(self, X, rng):
         """Hold out ``validation_fraction`` of X (at least 1 sample each side) for thresholds."""
