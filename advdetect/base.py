@@ -549,9 +549,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             xmin, xmax = float(images.min()), float(images.max())
             if xmin < lo - RANGE_TOLERANCE or xmax > hi + RANGE_TOLERANCE:
                 raise ValueError(
-                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: pixel "
-                    "intensities must be scaled to [0, 1] (divide 8-bit images by 255), or "
-                    "set input_range=None for unbounded inputs.")
+                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: "
+                    + ("pixel intensities must be scaled to [0, 1] (divide 8-bit images by "
+                       "255), " if (lo, hi) == (0.0, 1.0) else
+                       f"values must lie in input_range=({lo:g}, {hi:g}) as declared; set "
+                       "input_range to the range of your data, ")
+                    + "or set input_range=None for unbounded inputs.")
             if xmin < lo or xmax > hi:  # within the tolerance: clip (a copy only then)
                 images = np.clip(images, lo, hi)
         if reset:

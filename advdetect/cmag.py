@@ -368,7 +368,14 @@ class CMAGDetector(BaseDetector):
 
     def _combine(self, r_fmr, r_lr):
         if self.combine == "hadamard":
-            return r_fmr * r_lr
+            # The paper's product of two [0, 1] images; another input_range is
+            # mapped to [0, 1] first and the product back, so that GR's input
+            # keeps the scale of an image (not its square).
+            vr = self._value_range
+            if vr is None or vr == (0.0, 1.0):
+                return r_fmr * r_lr
+            lo, span = vr[0], vr[1] - vr[0]
+            return lo + span * ((r_fmr - lo) / span) * ((r_lr - lo) / span)
         return 0.5 * r_fmr + 0.5 * r_lr
 
     def _reconstructions(self, feats, soft, stages=_STAGES):

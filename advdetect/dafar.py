@@ -353,7 +353,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             module_kwargs=dict(classifier=hooked, decoder=spec, pool_layers=pool_layers,
                                train_classifier=joint),
             criterion_kwargs=dict(reconstruction=self.reconstruction_loss, classification=joint,
-                                  output_kind=self.classifier_output_))
+                                  output_kind=self.classifier_output_,
+                                  data_range=self._data_range))
         hooked.module.requires_grad_(False)
         hooked.eval()
         self.classifier_ = hooked

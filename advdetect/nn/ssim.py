@@ -182,7 +182,10 @@ class SSIMLoss(torch.nn.Module):
     mu : float, default=0.5
         Weight of the squared L2 term (paper: 0.5 for FMR, LR and GR).
     data_range : float, default=1.0
-        Passed to :func:`ssim`.
+        Passed to :func:`ssim`; the L2 term is measured in units of it too,
+        ``||(x_hat - x) / data_range||^2``, so ``mu`` weighs the two terms
+        alike whatever the scale of the images (the paper's images are in
+        [0, 1]).
 
     Notes
     -----
@@ -212,7 +215,8 @@ class SSIMLoss(torch.nn.Module):
 
     def forward(self, x_hat, x):
         x = x.reshape(x_hat.shape)
-        l2 = ((x_hat - x) ** 2).flatten(1).sum(dim=1)
+        diff = x_hat - x if self.data_range == 1 else (x_hat - x) / self.data_range
+        l2 = (diff ** 2).flatten(1).sum(dim=1)
         loss = self.mu * l2
         if self.mu < 1:
             loss = loss + (1 - self.mu) * (1 - ssim(x_hat, x, data_range=self.data_range))
