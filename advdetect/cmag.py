@@ -438,7 +438,7 @@ class CMAGDetector(BaseDetector):
         return out
 
     # --------------------------------------------------------------- extras
-    def reconstruct(self, X, stage="gr"):
+    def reconstruct(self, X, stage=None):
         """Reconstructions of ``X`` by one stage, as images.
 
         GR's output shows what the classifier "sees" (the paper's
@@ -448,14 +448,26 @@ class CMAGDetector(BaseDetector):
         Parameters
         ----------
         X : array-like of images
-        stage : {"gr", "fmr", "lr"}, default="gr"
+        stage : {"fmr", "lr", "gr"} or None, default=None
+            ``None``: the stage the detector scores (its ``stage`` parameter,
+            ``"fmr"`` by default), so that what is shown is what is judged.
+            With ``stage="all"`` (every stage scored) ``None`` gives GR, the
+            cascade's output; ask for the others by name.
 
         Returns
         -------
         ndarray of shape (n_samples, C, H, W), float32
+
+        Raises
+        ------
+        ValueError
+            ``stage`` is not one of the above.
         """
+        if stage is None:
+            stage = "gr" if self.stage == "all" else self.stage
         if stage not in _STAGES:
-            raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
+            raise ValueError(f"stage must be one of {_STAGES} or None (the scored stage), "
+                             f"got {stage!r}")
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self)

@@ -450,7 +450,9 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         ----------
         X : array-like of images
         detector : {"I", "II"} or None, default=None
-            ``None``: the reformer, autoencoder I (II when only II was trained).
+            ``None``: the reformer, autoencoder I (II when only II was trained),
+            what :meth:`transform` returns. Every trained autoencoder is
+            scored, so the default is always one the detector judges by.
 
         Returns
         -------

@@ -162,8 +162,8 @@ def test_stage_all_flags_union_of_stages(digits_small, small_victim):
 
 def test_combine_mean_differs_from_hadamard(digits_small, small_victim):
     X, _ = digits_small
-    a = CMAGDetector(small_victim, **FAST).fit(X).reconstruct(X[:5])
-    b = CMAGDetector(small_victim, combine="mean", **FAST).fit(X).reconstruct(X[:5])
+    a = CMAGDetector(small_victim, **FAST).fit(X).reconstruct(X[:5], stage="gr")
+    b = CMAGDetector(small_victim, combine="mean", **FAST).fit(X).reconstruct(X[:5], stage="gr")
     assert not np.allclose(a, b)
 
 
@@ -244,3 +244,17 @@ def test_input_range_0_255_trains_the_detector_of_scaled_images(digits_small, sm
         np.testing.assert_allclose(b[f"l2_{stage}"] / 255, a[f"l2_{stage}"], rtol=1e-3,
                                    atol=1e-4)
     np.testing.assert_allclose(byte.score_samples(X * 255), unit.score_samples(X), atol=1e-3)
+
+
+def test_reconstruct_defaults_to_the_scored_stage(digits_det, digits_small):
+    # Issue 14, item 11: the default used to be GR while FMR is scored.
+    X = digits_small[0][:6]
+    det = digits_det
+    by_stage = {s: det.reconstruct(X, stage=s) for s in ("fmr", "lr", "gr")}
+    assert not np.allclose(by_stage["fmr"], by_stage["gr"])
+    np.testing.assert_array_equal(det.reconstruct(X), by_stage[det.stage])
+    for stage, expected in (("lr", "lr"), ("gr", "gr"), ("all", "gr")):
+        other = clone(det).set_params(stage=stage)
+        # Same networks, another scored stage: no refit needed to read the default.
+        other.__dict__.update({k: v for k, v in vars(det).items() if k.endswith("_")})
+        np.testing.assert_array_equal(other.reconstruct(X), by_stage[expected])
