@@ -594,7 +594,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------- classifier
     def _prepare_classifier(self, X):
         """Deep-copy, freeze and hook the protected classifier; check its output."""
-        module = copy.deepcopy(unwrap_classifier(self.classifier)).to(self.device_)
+        from ._fingerprint import classifier_digest, classifier_layout
+
+        original = unwrap_classifier(self.classifier)
+        # What load() checks the classifier it is given against (issue 14, item 7).
+        self.classifier_digest_ = classifier_digest(original)
+        self.classifier_layout_ = classifier_layout(original)
+        module = copy.deepcopy(original).to(self.device_)
         module.eval()
         probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
         # Lazy layers size themselves on the first batch: run one before naming a
@@ -834,8 +840,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        path : str or os.PathLike
-            File to write (``.safetensors`` is the customary suffix).
+        path : str, os.PathLike or binary file object
+            File to write (``.safetensors`` is the customary suffix; a path is
+            written atomically), or a writable binary file object
+            (``open(path, "wb")``, ``io.BytesIO``).
 
         Raises
         ------
@@ -869,7 +877,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         save(self, path)
 
     @classmethod
-    def load(cls, path, classifier=None, device=None):
+    def load(cls, path, classifier=None, device=None, *, strict=True):
         """Load a detector saved by :meth:`save`; nothing in the file is executed.
 
         The networks are built by advdetect's own code from the saved
@@ -877,17 +885,22 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A file written by :meth:`save`.
+        path : str, os.PathLike or binary file object
+            A file written by :meth:`save`, or a readable binary file object
+            (``open(path, "rb")``, ``io.BytesIO``) holding one.
         classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
             The protected classifier, as given at construction (the same
-            architecture); the detector's saved copy of its weights is loaded
-            into a new copy, and the object passed in is not modified. Not
-            needed by :class:`~advdetect.MagNetDetector`.
+            architecture and weights, checked against ``classifier_digest_``);
+            the detector's saved copy of its weights is loaded into a new
+            copy, and the object passed in is not modified. Not needed by
+            :class:`~advdetect.MagNetDetector`.
         device : str or None, default=None
             ``None``: the saved ``device`` parameter, resolved by
             :func:`resolve_device` (a detector fitted on CUDA loads onto the
             CPU, with a warning, where CUDA is absent).
+        strict : bool, default=True
+            Refuse a classifier whose weights or layers differ from the one
+            fitted; ``False`` warns instead (:func:`advdetect.persistence.load`).
 
         Returns
         -------
@@ -900,7 +913,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ValueError
             When the file is not an advdetect detector file, is of a newer
             format version, fails its digest check, holds another class, or
-            when ``classifier`` does not match the saved classifier weights.
+            when ``classifier`` does not match the saved classifier (other
+            layers, shapes or weights).
         TypeError
             When the detector needs a classifier and none is given.
 
@@ -921,4 +935,4 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         from .persistence import load
 
         return load(path, classifier, device=device,
-                    expected_class=None if cls is BaseDetector else cls)
+                    expected_class=None if cls is BaseDetector else cls, strict=strict)

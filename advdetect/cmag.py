@@ -147,6 +147,13 @@ class CMAGDetector(BaseDetector):
         The frozen copy of the classifier, returning (f_fm(x), class scores).
     feature_layer_ : str
         The layer read for FMR.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     fmr_, lr_, gr_ : torch.nn.Module
         The trained reconstructors.
     calibration_metrics_ : pandas.DataFrame

@@ -131,6 +131,13 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         The frozen copy of the classifier (in joint mode, the jointly trained
         copy), returning ``(E(x), F(E(x)))``; ``classifier_.module`` is the
         plain classifier.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     feedback_autoencoder_ : FeedbackAutoencoder
         D(E(.)), returning ``(reconstruction, class scores)``.
     feedback_decoder_ : torch.nn.Module

@@ -257,6 +257,13 @@ class FeatureSqueezingDetector(BaseDetector):
         The frozen copy of the classifier.
     classifier_output_ : {"logits", "proba"}
         What the classifier returns; probabilities are used as they are.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     squeezers_ : list of (str, functools.partial)
         Column name and function of each squeezer (picklable).
     squeeze_range_ : (float, float)
