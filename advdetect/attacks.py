@@ -196,7 +196,9 @@ def check_adversarial(x, x_adv, y, y_pred_adv, norm=None, eps=None):
     norm : {inf, 2} or None, default=None
         Norm of the budget; ``np.inf`` when ``eps`` is given and ``norm`` is not.
     eps : float or None, default=None
-        The attack's budget; None checks no budget.
+        The attack's budget, in the units of the input range [0, 1] (above 1
+        for L-infinity, or above ``sqrt(d)`` for L2, is a ValueError: every
+        image would pass); None checks no budget.
 
     Returns
     -------
@@ -234,6 +236,7 @@ def check_adversarial(x, x_adv, y, y_pred_adv, norm=None, eps=None):
             (flat_adv <= 1 + RANGE_TOLERANCE).all(axis=1)
         if eps is not None:
             norm = np.inf if norm is None else _check_norm(norm)
+            _check_budget({"eps": eps, "norm": norm}, x.shape[1:])
             d = flat_adv - flat
             size = np.abs(d).max(axis=1) if norm == np.inf else np.sqrt((d ** 2).sum(axis=1))
             ok &= size <= eps + BUDGET_TOLERANCE

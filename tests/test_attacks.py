@@ -421,3 +421,12 @@ def test_benchmark_attack_spec_rejects_eps_above_one_and_reads_fractions():
     assert parse_attack("cw:9") == ("cw", {"confidence": 9.0})  # not an eps: no limit
     with pytest.raises(ValueError, match="number or a fraction"):
         parse_attack("fgsm:abc")
+
+
+def test_check_adversarial_refuses_a_budget_larger_than_the_input_range():
+    x = np.zeros((2, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"eps=8 .*did you mean 8/255"):
+        check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=8)
+    with pytest.raises(ValueError, match=r"sqrt\(4\) = 2"):
+        check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=3, norm=2)
+    assert check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=1.0, norm=2).all()
