@@ -196,7 +196,9 @@ def check_adversarial(x, x_adv, y, y_pred_adv, norm=None, eps=None):
     norm : {inf, 2} or None, default=None
         Norm of the budget; ``np.inf`` when ``eps`` is given and ``norm`` is not.
     eps : float or None, default=None
-        The attack's budget; None checks no budget.
+        The attack's budget, in the units of the input range [0, 1] (above 1
+        for L-infinity, or above ``sqrt(d)`` for L2, is a ValueError: every
+        image would pass); None checks no budget.
 
     Returns
     -------
@@ -234,6 +236,7 @@ def check_adversarial(x, x_adv, y, y_pred_adv, norm=None, eps=None):
             (flat_adv <= 1 + RANGE_TOLERANCE).all(axis=1)
         if eps is not None:
             norm = np.inf if norm is None else _check_norm(norm)
+            _check_budget({"eps": eps, "norm": norm}, x.shape[1:])
             d = flat_adv - flat
             size = np.abs(d).max(axis=1) if norm == np.inf else np.sqrt((d ** 2).sum(axis=1))
             ok &= size <= eps + BUDGET_TOLERANCE
@@ -481,7 +484,40 @@ _CW_ART_PARAMS = ("confidence", "max_iter", "binary_search_steps", "initial_cons
                   "learning_rate")
 
 
-def _resolve_params(attack, eps, attack_params):
+def _check_budget(params, image_shape):
+    """Reject an eps-like setting larger than any perturbation of an image in [0, 1].
+
+    ``eps`` and ``eps_step`` are in the units of the input range [0, 1], so an
+    L-infinity budget above 1 (the 8/255 habit typed as ``eps=8``) allows any
+    image and destroys it; an L2 budget above ``sqrt(C*H*W)``, the L2 distance
+    between an all-0 and an all-1 image, allows any image too. JSMA's ``theta``
+    (the change of one pixel per step) is in the same units.
+    """
+    n_features = int(np.prod(image_shape)) if image_shape is not None else None
+    norm = params.get("norm", np.inf)
+    for key in ("eps", "eps_step", "theta"):
+        if key not in params:
+            continue
+        value = params[key]
+        if key == "theta":
+            limit, what = 1.0, "the change of a pixel per step"
+            value = abs(value)
+        elif norm == np.inf:
+            limit, what = 1.0, "an L-infinity distance"
+        elif n_features is not None:
+            limit = math.sqrt(n_features)
+            what = (f"an L2 distance, at most sqrt({n_features}) = {limit:.4g} between two "
+                    f"images of shape {tuple(image_shape)} in [0, 1]")
+        else:
+            continue
+        if value > limit:
+            raise ValueError(
+                f"{key}={params[key]!r} is larger than the input range allows ({what}): "
+                f"{key} is in the units of the input range [0, 1]; did you mean "
+                f"{params[key]!r}/255 = {value / 255:.4g}?")
+
+
+def _resolve_params(attack, eps, attack_params, image_shape=None):
     spec = _SPECS[attack]
     defaults = spec["defaults"]
     if eps is not None:
@@ -510,6 +546,14 @@ def _resolve_params(attack, eps, attack_params):
     for key, value in defaults.items():
         if key not in params:
             params[key] = value(params)
+    for key in ("eps_step", "theta"):
+        if key in params and (not isinstance(params[key], numbers.Real)
+                              or isinstance(params[key], bool)
+                              or not math.isfinite(params[key])
+                              or (key == "eps_step" and not params[key] > 0)):
+            raise ValueError(f"{key} must be a {'positive ' * (key == 'eps_step')}number; "
+                             f"got {params[key]!r}.")
+    _check_budget(params, image_shape)
     if attack == "cw":
         if params["backend"] not in CW_BACKENDS:
             raise ValueError(f"backend must be one of {CW_BACKENDS}; got {params['backend']!r}.")
@@ -622,8 +666,9 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     attack : str, default="fgsm"
         One of :data:`ATTACKS` (see the table below).
     eps : float, default=None
-        Budget of ``"fgsm"``, ``"bim"`` and ``"pgd"`` (in the attack's norm);
-        None means the attack's default, 0.3. The other attacks look for a
+        Budget of ``"fgsm"``, ``"bim"`` and ``"pgd"`` (in the attack's norm), in
+        the units of the input range [0, 1] (8/255, not 8); None means the
+        attack's default, 0.3. The other attacks look for a
         minimal perturbation: ``eps`` must stay None for them.
     batch_size : int, default=256
         Images per attack batch.
@@ -648,7 +693,10 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     ValueError
         Unknown attack; ``X`` not of rank 4, not finite or outside [0, 1];
         ``y`` not one label per image; ``eps`` given to an attack without a
-        budget; a setting out of range.
+        budget; a setting out of range, among them an ``eps`` or ``eps_step``
+        larger than any perturbation of an image in [0, 1] (above 1 for
+        L-infinity, the habit of ``eps=8`` for 8/255; above ``sqrt(C*H*W)``
+        for L2) and a JSMA ``|theta|`` above 1.
 
     Notes
     -----
@@ -731,7 +779,7 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
         raise ValueError(f"unknown attack {attack!r}; choose one of {list(ATTACKS)}.")
     name = _ALIASES.get(attack.lower(), attack.lower())
     X, y = _validate(X, y, batch_size, verbose)
-    params = _resolve_params(name, eps, attack_params)
+    params = _resolve_params(name, eps, attack_params, X.shape[1:])
 
     module = unwrap_classifier(classifier)
     first = next(module.parameters(), None)

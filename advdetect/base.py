@@ -651,9 +651,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             xmin, xmax = float(images.min()), float(images.max())
             if xmin < lo - RANGE_TOLERANCE or xmax > hi + RANGE_TOLERANCE:
                 raise ValueError(
-                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: pixel "
-                    "intensities must be scaled to [0, 1] (divide 8-bit images by 255), or "
-                    "set input_range=None for unbounded inputs.")
+                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: "
+                    + ("pixel intensities must be scaled to [0, 1] (divide 8-bit images by "
+                       "255), " if (lo, hi) == (0.0, 1.0) else
+                       f"values must lie in input_range=({lo:g}, {hi:g}) as declared; set "
+                       "input_range to the range of your data, ")
+                    + "or set input_range=None for unbounded inputs.")
             if xmin < lo or xmax > hi:  # within the tolerance: clip (a copy only then)
                 images = np.clip(images, lo, hi)
         if reset:
@@ -696,7 +699,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------- classifier
     def _prepare_classifier(self, X):
         """Deep-copy, freeze and hook the protected classifier; check its output."""
-        module = copy.deepcopy(unwrap_classifier(self.classifier)).to(self.device_)
+        from ._fingerprint import classifier_digest, classifier_layout
+
+        original = unwrap_classifier(self.classifier)
+        # What load() checks the classifier it is given against (issue 14, item 7).
+        self.classifier_digest_ = classifier_digest(original)
+        self.classifier_layout_ = classifier_layout(original)
+        module = copy.deepcopy(original).to(self.device_)
         module.eval()
         probe = torch.as_tensor(writable(X[: min(len(X), 8)]), device=self.device_)
         # Lazy layers size themselves on the first batch: run one before naming a
@@ -1009,8 +1018,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        path : str or os.PathLike
-            File to write (``.safetensors`` is the customary suffix).
+        path : str, os.PathLike or binary file object
+            File to write (``.safetensors`` is the customary suffix; a path is
+            written atomically), or a writable binary file object
+            (``open(path, "wb")``, ``io.BytesIO``).
 
         Raises
         ------
@@ -1044,7 +1055,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         save(self, path)
 
     @classmethod
-    def load(cls, path, classifier=None, device=None):
+    def load(cls, path, classifier=None, device=None, *, strict=True):
         """Load a detector saved by :meth:`save`; nothing in the file is executed.
 
         The networks are built by advdetect's own code from the saved
@@ -1052,17 +1063,22 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        path : str or os.PathLike
-            A file written by :meth:`save`.
+        path : str, os.PathLike or binary file object
+            A file written by :meth:`save`, or a readable binary file object
+            (``open(path, "rb")``, ``io.BytesIO``) holding one.
         classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
             The protected classifier, as given at construction (the same
-            architecture); the detector's saved copy of its weights is loaded
-            into a new copy, and the object passed in is not modified. Not
-            needed by :class:`~advdetect.MagNetDetector`.
+            architecture and weights, checked against ``classifier_digest_``);
+            the detector's saved copy of its weights is loaded into a new
+            copy, and the object passed in is not modified. Not needed by
+            :class:`~advdetect.MagNetDetector`.
         device : str or None, default=None
             ``None``: the saved ``device`` parameter, resolved by
             :func:`resolve_device` (a detector fitted on CUDA loads onto the
             CPU, with a warning, where CUDA is absent).
+        strict : bool, default=True
+            Refuse a classifier whose weights or layers differ from the one
+            fitted; ``False`` warns instead (:func:`advdetect.persistence.load`).
 
         Returns
         -------
@@ -1075,7 +1091,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ValueError
             When the file is not an advdetect detector file, is of a newer
             format version, fails its digest check, holds another class, or
-            when ``classifier`` does not match the saved classifier weights.
+            when ``classifier`` does not match the saved classifier (other
+            layers, shapes or weights).
         TypeError
             When the detector needs a classifier and none is given.
 
@@ -1096,4 +1113,4 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         from .persistence import load
 
         return load(path, classifier, device=device,
-                    expected_class=None if cls is BaseDetector else cls)
+                    expected_class=None if cls is BaseDetector else cls, strict=strict)

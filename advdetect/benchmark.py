@@ -60,9 +60,9 @@ def parse_attack(spec):
     ----------
     spec : str
         ``"name"`` or ``"name:strength"``; the strength is the ``confidence``
-        of CW-L2 (``"cw"``, ``"cw_l2"``) and the ``eps`` of every other attack.
-        The name is lower-cased; it is checked by
-        :func:`advdetect.attacks.generate`, not here.
+        of CW-L2 (``"cw"``, ``"cw_l2"``) and the ``eps`` of every other attack,
+        a number or a fraction such as ``8/255``. The name is lower-cased; it
+        is checked by :func:`advdetect.attacks.generate`, not here.
 
     Returns
     -------
@@ -70,17 +70,37 @@ def parse_attack(spec):
     params : dict
         ``{}``, ``{"eps": float}`` or ``{"confidence": float}``.
 
+    Raises
+    ------
+    ValueError
+        A strength that is not a number or fraction, or an ``eps`` above 1:
+        the attacks of a spec take their default L-infinity norm, in the
+        units of the input range [0, 1] (``"pgd:8"`` for 8/255 is a slip).
+
     Examples
     --------
     >>> parse_attack("fgsm:0.3"), parse_attack("cw:9"), parse_attack("deepfool")
     (('fgsm', {'eps': 0.3}), ('cw', {'confidence': 9.0}), ('deepfool', {}))
+    >>> parse_attack("pgd:8/255")
+    ('pgd', {'eps': 0.03137254901960784})
     """
     name, _, strength = spec.partition(":")
     name = name.strip().lower()
     if not strength:
         return name, {}
     key = "confidence" if name in ("cw", "cw_l2") else "eps"
-    return name, {key: float(strength)}
+    num, slash, den = strength.partition("/")
+    try:
+        value = float(num) / (float(den) if slash else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"attack {spec!r}: the strength after ':' must be a number or a "
+                         f"fraction such as 8/255; got {strength!r}.") from None
+    if key == "eps" and value > 1:
+        raise ValueError(f"attack {spec!r}: eps={value:g} is larger than the input range "
+                         f"[0, 1] (an L-infinity budget): eps is in the units of the input "
+                         f"range [0, 1]; did you mean {strength.strip()}/255 "
+                         f"('{name}:{strength.strip()}/255')?")
+    return name, {key: value}
 
 
 def to_markdown(frame, floatfmt=".3f"):
@@ -316,6 +336,8 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
     from .datasets import load_digits, load_mnist
     from .models import train_classifier
 
+    for spec in attacks:  # a slip such as "pgd:8" fails now, not after training
+        parse_attack(spec)
     if dataset == "digits":
         X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
     else:

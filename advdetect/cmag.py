@@ -147,6 +147,13 @@ class CMAGDetector(BaseDetector):
         The frozen copy of the classifier, returning (f_fm(x), class scores).
     feature_layer_ : str
         The layer read for FMR.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     fmr_, lr_, gr_ : torch.nn.Module
         The trained reconstructors.
     calibration_metrics_ : pandas.DataFrame
@@ -373,7 +380,14 @@ class CMAGDetector(BaseDetector):
 
     def _combine(self, r_fmr, r_lr):
         if self.combine == "hadamard":
-            return r_fmr * r_lr
+            # The paper's product of two [0, 1] images; another input_range is
+            # mapped to [0, 1] first and the product back, so that GR's input
+            # keeps the scale of an image (not its square).
+            vr = self._value_range
+            if vr is None or vr == (0.0, 1.0):
+                return r_fmr * r_lr
+            lo, span = vr[0], vr[1] - vr[0]
+            return lo + span * ((r_fmr - lo) / span) * ((r_lr - lo) / span)
         return 0.5 * r_fmr + 0.5 * r_lr
 
     def _reconstructions(self, feats, soft, stages=_STAGES):
@@ -436,7 +450,7 @@ class CMAGDetector(BaseDetector):
         return out
 
     # --------------------------------------------------------------- extras
-    def reconstruct(self, X, stage="gr"):
+    def reconstruct(self, X, stage=None):
         """Reconstructions of ``X`` by one stage, as images.
 
         GR's output shows what the classifier "sees" (the paper's
@@ -446,14 +460,26 @@ class CMAGDetector(BaseDetector):
         Parameters
         ----------
         X : array-like of images
-        stage : {"gr", "fmr", "lr"}, default="gr"
+        stage : {"fmr", "lr", "gr"} or None, default=None
+            ``None``: the stage the detector scores (its ``stage`` parameter,
+            ``"fmr"`` by default), so that what is shown is what is judged.
+            With ``stage="all"`` (every stage scored) ``None`` gives GR, the
+            cascade's output; ask for the others by name.
 
         Returns
         -------
         ndarray of shape (n_samples, C, H, W), float32
+
+        Raises
+        ------
+        ValueError
+            ``stage`` is not one of the above.
         """
+        if stage is None:
+            stage = "gr" if self.stage == "all" else self.stage
         if stage not in _STAGES:
-            raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
+            raise ValueError(f"stage must be one of {_STAGES} or None (the scored stage), "
+                             f"got {stage!r}")
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self)

@@ -132,6 +132,13 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         The frozen copy of the classifier (in joint mode, the jointly trained
         copy), returning ``(E(x), F(E(x)))``; ``classifier_.module`` is the
         plain classifier.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     feedback_autoencoder_ : FeedbackAutoencoder
         D(E(.)), returning ``(reconstruction, class scores)``.
     feedback_decoder_ : torch.nn.Module
@@ -354,7 +361,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             module_kwargs=dict(classifier=hooked, decoder=spec, pool_layers=pool_layers,
                                train_classifier=joint),
             criterion_kwargs=dict(reconstruction=self.reconstruction_loss, classification=joint,
-                                  output_kind=self.classifier_output_))
+                                  output_kind=self.classifier_output_,
+                                  data_range=self._data_range))
         hooked.module.requires_grad_(False)
         hooked.eval()
         self.classifier_ = hooked

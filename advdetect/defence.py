@@ -9,11 +9,27 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from .base import batched, eval_mode, unwrap_classifier
+from .base import as_logits, batched, eval_mode, infer_output_kind, unwrap_classifier
 
 __all__ = ["DetectAndPurify"]
+
+
+def _classifier_has_proba(defence):
+    """``available_if`` condition: the inner classifier gives class probabilities.
+
+    A torch module (logits or probabilities: softmax or as they are), a skorch
+    net or a FrozenEstimator of one (``predict_proba``), or ``None`` (the
+    detector's own torch copy).
+    """
+    inner = defence.classifier
+    if inner is None or isinstance(inner, torch.nn.Module):
+        return True
+    while not hasattr(inner, "module") and hasattr(inner, "estimator"):
+        inner = inner.estimator
+    return isinstance(inner, torch.nn.Module) or hasattr(inner, "predict_proba")
 
 
 def _is_fitted(estimator):
@@ -60,9 +76,10 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
     ----------
     detector_ : estimator
         The fitted detector in use.
-    classes_ : ndarray of shape (n_classes,)
-        The classifier's classes (a skorch net's ``classes_``, else
-        ``range(n_classes)``).
+    classes_ : ndarray of shape (n_classes + 1,)
+        Every label :meth:`predict` returns, in the order of the columns of
+        :meth:`predict_proba`: the classifier's classes (a skorch net's
+        ``classes_``, else ``range(n_classes)``), then ``reject_label``.
 
     See Also
     --------
@@ -73,6 +90,16 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
     ``score`` is the paper's defence accuracy (Fig. 10): an adversarial input
     counts as defended if it is rejected or classified correctly; a clean
     input must be classified correctly, so rejecting it is an error.
+
+    The rejection is a class of its own, as scikit-learn expects of a
+    classifier: ``classes_`` ends with ``reject_label`` and
+    :meth:`predict_proba` has a column for it, so that ``classes_[
+    predict_proba(X).argmax(1)] == predict(X)``. An accepted input gets the
+    classifier's probabilities on its purified image and 0 for the
+    rejection; a rejected one gets 1 for the rejection and 0 elsewhere (the
+    detector's decision is a hard one). There is no ``decision_function``:
+    the classifier's logits and the detector's margin are on different
+    scales, and no one number ranks both.
 
     References
     ----------
@@ -127,7 +154,8 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
         if any(c == self.reject_label for c in classes.tolist()):
             raise ValueError(f"reject_label={self.reject_label!r} is one of the classifier's "
                              "classes; choose a label no class uses.")
-        self.classes_ = classes
+        dtype = np.result_type(classes.dtype, np.asarray(self.reject_label).dtype)
+        self.classes_ = np.append(classes.astype(dtype), np.asarray(self.reject_label, dtype))
         return self
 
     # ------------------------------------------------------------ classifier
@@ -204,11 +232,57 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         rejected, images = self._detect(X)
         scores = self._scores(self._classifier_module(), images)
-        labels = self.classes_[scores.argmax(axis=1)]
-        dtype = np.result_type(labels.dtype, np.asarray(self.reject_label).dtype)
-        pred = labels.astype(dtype)
+        pred = self.classes_[scores.argmax(axis=1)]  # never the last class, the rejection
         pred[rejected] = self.reject_label
         return pred
+
+    @available_if(_classifier_has_proba)
+    def predict_proba(self, X):
+        """Class probabilities, the rejection being the last class.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes + 1), float64
+            Columns in the order of ``classes_``. An accepted input: the
+            classifier's softmax on its purified image (its output as it is
+            when it returns probabilities), then 0. A rejected input: 0 for
+            every class, then 1. Rows sum to 1, and
+            ``classes_[predict_proba(X).argmax(1)]`` equals ``predict(X)``.
+        """
+        return np.exp(self.predict_log_proba(X))
+
+    @available_if(_classifier_has_proba)
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba` (``-inf`` where it is 0).
+
+        Computed with ``log_softmax``, so it keeps its resolution where the
+        probabilities round to 0 or 1.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes + 1), float64
+        """
+        check_is_fitted(self)
+        rejected, images = self._detect(X)
+        scores = torch.as_tensor(self._scores(self._classifier_module(), images),
+                                 dtype=torch.float64)
+        kind = getattr(self.detector_, "classifier_output_", None) \
+            if self.classifier is None else None
+        kind = kind or infer_output_kind(scores)
+        log_proba = torch.log_softmax(as_logits(scores, kind), dim=1).numpy()
+        out = np.full((len(log_proba), len(self.classes_)), -np.inf)
+        out[:, :-1] = log_proba
+        out[rejected] = -np.inf
+        out[rejected, -1] = 0.0
+        return out
 
     def score(self, X, y, adversarial=None, sample_weight=None):
         """Defence accuracy (paper Fig. 10).

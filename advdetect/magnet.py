@@ -68,14 +68,15 @@ class MagNetAutoencoder(nn.Module):
     structure : sequence of int or {"average", "max"}, default=(3, "average", 3)
         The encoder; the decoder mirrors it.
     value_range : (float, float) or None, default=(0, 1)
-        Range of the output; ``None`` leaves the last layer linear.
+        Range of the input and the output; ``None`` leaves the last layer
+        linear. Another range than (0, 1) is mapped to [0, 1] on the way in.
 
     Attributes
     ----------
     activity_ : torch.Tensor or None
         After a forward pass in training mode: the sum of squared activations
-        of every layer, averaged over the batch (the reference's L2 activity
-        regulariser acts on it).
+        of every layer (the output taken on [0, 1]), averaged over the batch
+        (the reference's L2 activity regulariser acts on it).
 
     Examples
     --------
@@ -135,14 +136,17 @@ class MagNetAutoencoder(nn.Module):
     def forward(self, x):
         track = self.training
         activity = 0.0
-        z = x
+        # The reference works on [0, 1]; another value_range is mapped to it on the
+        # way in (and the activity regulariser sees the output on [0, 1] too), so
+        # (0, 255) images train the same network as scaled ones.
+        z = self.output.to_unit(x)
         for layer in self.body:
             z = layer(z)
             if track and isinstance(layer, nn.Sigmoid):
                 activity = activity + z.pow(2).flatten(1).sum(1).mean()
         out = self.output(z)
         if track:
-            out_act = out.pow(2).flatten(1).sum(1).mean()
+            out_act = self.output.to_unit(out).pow(2).flatten(1).sum(1).mean()
             self.activity_ = activity + out_act
         else:
             self.activity_ = None
@@ -448,7 +452,9 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         ----------
         X : array-like of images
         detector : {"I", "II"} or None, default=None
-            ``None``: the reformer, autoencoder I (II when only II was trained).
+            ``None``: the reformer, autoencoder I (II when only II was trained),
+            what :meth:`transform` returns. Every trained autoencoder is
+            scored, so the default is always one the detector judges by.
 
         Returns
         -------

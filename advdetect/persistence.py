@@ -401,12 +401,40 @@ def _digest(header, tensors):
     return h.hexdigest()
 
 
+def _is_file_object(path):
+    return hasattr(path, "read") or hasattr(path, "write")
+
+
+def _name(path):
+    """How messages name a path or a file object."""
+    if _is_file_object(path):
+        name = getattr(path, "name", None)
+        return repr(name) if isinstance(name, (str, bytes)) else f"the {type(path).__name__}"
+    return repr(os.fspath(path))
+
+
 def _write_file(path, header, tensors):
-    """Write ``header`` (with a fresh digest) and ``tensors`` to ``path`` atomically."""
-    from safetensors.torch import save_file
+    """Write ``header`` (with a fresh digest) and ``tensors`` to ``path`` atomically.
+
+    A binary file object (``io.BytesIO``, ``open(..., "wb")``) is written to in
+    one ``write`` call at its current position, as ``torch.save`` does.
+    """
+    from safetensors.torch import save, save_file
 
     header = dict(header, sha256=_digest(header, tensors))
     metadata = {_METADATA_KEY: json.dumps(header, sort_keys=True, allow_nan=False)}
+    if _is_file_object(path):
+        if not hasattr(path, "write"):
+            raise TypeError(f"save() needs a path or a writable binary file object; "
+                            f"got {type(path).__name__}, which has no write().")
+        data = save(tensors, metadata=metadata)
+        try:
+            path.write(data)
+        except TypeError:
+            raise TypeError("save() writes bytes: open the file in binary mode "
+                            "(open(path, 'wb')), or use io.BytesIO, not a text stream.") \
+                from None
+        return
     # A new name beside the target: same file system, so the rename is atomic.
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
@@ -419,6 +447,30 @@ def _write_file(path, header, tensors):
         raise
 
 
+def _parse_safetensors(data):
+    """``(metadata, tensors)`` of safetensors bytes (``safe_open`` reads paths only).
+
+    The format: an 8-byte little-endian header length, the JSON header (its
+    ``"__metadata__"`` holds the string metadata), then the raw buffers, which
+    ``safetensors.torch.load`` reads and checks.
+    """
+    from safetensors.torch import load as load_bytes
+
+    if len(data) < 8:
+        raise ValueError("fewer than 8 bytes")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("the header length exceeds the data")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the header is not UTF-8 ({exc})") from None
+    metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+    if not isinstance(metadata, dict):
+        raise ValueError("malformed __metadata__")
+    return metadata, load_bytes(data)
+
+
 def _refuse_constant(name):
     raise ValueError(f"non-standard JSON constant {name}")
 
@@ -427,16 +479,30 @@ def _read_file(path):
     """``(header, tensors)`` of an advdetect file, tensors on the CPU; ValueError if not one."""
     from safetensors import SafetensorError, safe_open
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    not_ours = f"{path!r} is not an advdetect detector file"
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as exc:
-        raise ValueError(f"{not_ours}: it is not a safetensors file ({exc}).") from None
+    shown = _name(path)
+    not_ours = f"{shown} is not an advdetect detector file"
+    if _is_file_object(path):
+        if not hasattr(path, "read"):
+            raise TypeError(f"load() needs a path or a readable binary file object; got "
+                            f"{type(path).__name__}, which has no read().")
+        data = path.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("load() reads bytes: open the file in binary mode "
+                            "(open(path, 'rb')), or use io.BytesIO, not a text stream.")
+        try:
+            metadata, tensors = _parse_safetensors(bytes(data))
+        except (SafetensorError, ValueError) as exc:
+            raise ValueError(f"{not_ours}: it is not a safetensors file ({exc}).") from None
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file: {path!r}")
+        try:
+            with safe_open(path, framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as exc:
+            raise ValueError(f"{not_ours}: it is not a safetensors file ({exc}).") from None
     if _METADATA_KEY not in metadata:
         raise ValueError(f"{not_ours}: it is a safetensors file without an advdetect header "
                          "(a plain set of weights, not a saved detector).")
@@ -449,10 +515,10 @@ def _read_file(path):
         raise ValueError(f"{not_ours}: its header does not name the format {FORMAT_NAME!r}.")
     version = header.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"{path!r} has an invalid format version {version!r}.")
+        raise ValueError(f"{shown} has an invalid format version {version!r}.")
     if version > FORMAT_VERSION:
         raise ValueError(
-            f"{path!r} was written in format version {version} by advdetect "
+            f"{shown} was written in format version {version} by advdetect "
             f"{header.get('advdetect_version')!r}; this advdetect reads versions up to "
             f"{FORMAT_VERSION}. Upgrade advdetect to load it.")
     stored = header.get("sha256")
@@ -462,7 +528,7 @@ def _read_file(path):
         actual = ""
     if not isinstance(stored, str) or not hmac.compare_digest(stored.encode("utf-8"),
                                                               actual.encode("ascii")):
-        raise ValueError(f"{path!r} is corrupted or was modified after it was saved: its "
+        raise ValueError(f"{shown} is corrupted or was modified after it was saved: its "
                          "SHA-256 digest does not match its contents.")
     return header, tensors
 
@@ -485,15 +551,19 @@ def save(detector, path):
     ----------
     detector : CMAGDetector, DAFARDetector, MagNetDetector or FeatureSqueezingDetector
         A fitted detector.
-    path : str or os.PathLike
-        File to write (``.safetensors`` is the customary suffix).
+    path : str, os.PathLike or binary file object
+        File to write (``.safetensors`` is the customary suffix), written to a
+        temporary name and renamed; or a writable binary file object
+        (``open(path, "wb")``, ``io.BytesIO``), written at its position in
+        one call, as ``pickle.dump`` and ``torch.save`` do.
 
     Raises
     ------
     sklearn.exceptions.NotFittedError
         When the detector is not fitted.
     TypeError
-        When ``detector`` is not one of advdetect's detector classes.
+        When ``detector`` is not one of advdetect's detector classes, or
+        ``path`` is a file object that is not writable in binary mode.
     ValueError
         When a parameter or fitted attribute has a type the format cannot
         store (for example an optimizer from outside ``torch.optim``).
@@ -569,7 +639,7 @@ def save(detector, path):
 # --------------------------------------------------------------------------- #
 # load
 # --------------------------------------------------------------------------- #
-def load(path, classifier=None, *, device=None, expected_class=None):
+def load(path, classifier=None, *, device=None, expected_class=None, strict=True):
     """Load a detector saved by :func:`save`; nothing in the file is executed.
 
     The detector's networks are built by advdetect's own code from the saved
@@ -579,12 +649,15 @@ def load(path, classifier=None, *, device=None, expected_class=None):
 
     Parameters
     ----------
-    path : str or os.PathLike
+    path : str, os.PathLike or binary file object
         A file written by :func:`save` (or :meth:`BaseDetector.save
-        <advdetect.base.BaseDetector.save>`).
+        <advdetect.base.BaseDetector.save>`), or a readable binary file
+        object holding one (``open(path, "rb")``, ``io.BytesIO``), read from
+        its position to its end.
     classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
         The protected classifier, as given to the detector at construction:
-        the same architecture. The saved weights of the detector's copy (in
+        the same architecture and the same weights (checked against the
+        saved digest, see ``strict``). The saved weights of the detector's copy (in
         DAFAR's joint mode, the jointly trained ones) are loaded into a new
         copy; the object passed in is never modified. Not needed by
         :class:`~advdetect.MagNetDetector`.
@@ -597,6 +670,10 @@ def load(path, classifier=None, *, device=None, expected_class=None):
     expected_class : type or None, default=None
         Refuse a file that holds a detector of another class (used by
         :meth:`BaseDetector.load <advdetect.base.BaseDetector.load>`).
+    strict : bool, default=True
+        Refuse (``ValueError``) a ``classifier`` whose weights or layers
+        differ from those of the classifier the detector was fitted on;
+        ``False`` warns instead (see Notes).
 
     Returns
     -------
@@ -613,13 +690,27 @@ def load(path, classifier=None, *, device=None, expected_class=None):
         its digest check (tampered or corrupted), names a class outside
         :data:`DETECTOR_CLASSES` or other than ``expected_class``, or when
         ``classifier`` does not match the saved classifier weights (missing
-        or unexpected layers, other shapes).
+        or unexpected layers, other shapes), or, with ``strict=True``, is not
+        the classifier the detector was fitted on (other weights: its SHA-256
+        differs from ``classifier_digest_``; other layers, such as a Tanh
+        for a ReLU: ``classifier_layout_`` differs).
     TypeError
         When the detector needs a classifier and ``classifier`` is None.
 
     See Also
     --------
     save : the inverse.
+
+    Notes
+    -----
+    Why a different classifier is refused rather than warned about: the
+    loaded detector scores with its own saved copy of the fitted weights,
+    but ``detector.classifier`` is the object passed here, and that is the
+    network ``clone(detector).fit(X)``, ``DetectAndPurify`` and Pipelines
+    use. A retrained or untrained network would then be guarded by a
+    detector calibrated on another one, silently. ``torch``'s
+    ``load_state_dict(strict=True)`` refuses a mismatch for the same
+    reason; ``strict=False`` here loads anyway, with a warning.
 
     Examples
     --------
@@ -642,17 +733,17 @@ def load(path, classifier=None, *, device=None, expected_class=None):
     name = header.get("class")
     classes = _detector_classes()
     if name not in DETECTOR_CLASSES or name not in classes:
-        raise ValueError(f"{os.fspath(path)!r} holds a {name!r}, which is not one of the "
+        raise ValueError(f"{_name(path)} holds a {name!r}, which is not one of the "
                          f"detector classes advdetect loads: {', '.join(DETECTOR_CLASSES)}.")
     cls = classes[name]
     if expected_class is not None and not issubclass(cls, expected_class):
-        raise ValueError(f"{os.fspath(path)!r} holds a {name}, not a "
+        raise ValueError(f"{_name(path)} holds a {name}, not a "
                          f"{expected_class.__name__}; load it with "
                          f"advdetect.persistence.load or {name}.load.")
-    return _build(cls, header, tensors, classifier, device)
+    return _build(cls, header, tensors, classifier, device, strict)
 
 
-def _build(cls, header, tensors, classifier, device):
+def _build(cls, header, tensors, classifier, device, strict=True):
     params, attributes, aliases = (header.get(k) for k in ("params", "attributes", "aliases"))
     if not all(isinstance(x, dict) for x in (params, attributes, aliases)) \
             or "image_shape_" not in attributes:
@@ -674,6 +765,7 @@ def _build(cls, header, tensors, classifier, device):
                             "architecture it was fitted with as load(path, classifier=...) "
                             "(its saved weights are loaded into the detector's copy).")
         _check_classifier(classifier, store.tensors)
+        _check_classifier_identity(classifier, attributes, store, strict)
 
     target = getattr(detector, "device", "cpu") if device is None else device
     _rebuild(detector, attributes, store, resolve_device(target))
@@ -704,6 +796,56 @@ def _check_classifier(classifier, state):
         raise ValueError(
             "the classifier passed to load does not match the architecture the detector was "
             "saved with (" + "; ".join(problems) + "). Pass the same architecture.")
+
+
+def _check_classifier_identity(classifier, attributes, store, strict):
+    """ValueError (a warning with ``strict=False``) unless ``classifier`` is the one fitted.
+
+    The detector scores with its saved copy of the classifier's weights, but
+    ``detector.classifier`` is the object passed to :func:`load`, and that is
+    what ``clone(detector).fit(X)``, ``DetectAndPurify`` and a Pipeline use: a
+    classifier with other weights (retrained, fine-tuned, untrained) or other
+    layers would be protected by a detector calibrated on another network.
+    """
+    from ._fingerprint import classifier_digest, classifier_layout
+
+    saved_digest = attributes.get("classifier_digest_")
+    saved_layout = attributes.get("classifier_layout_")
+    if saved_digest is None and saved_layout is None:
+        warnings.warn("this file was saved before detectors recorded their classifier's "
+                      "digest: the classifier passed to load cannot be checked against the "
+                      "one the detector was fitted on. Save the detector again to record it.",
+                      UserWarning, stacklevel=4)
+        return
+    module = unwrap_classifier(classifier)
+    problems = []
+    if saved_layout is not None:
+        saved_layout = _decode(saved_layout, store, "classifier_layout_")
+        given_layout = classifier_layout(module)
+        if tuple(saved_layout) != given_layout:
+            saved_set, given_set = set(saved_layout), set(given_layout)
+            only_saved = [x for x in saved_layout if x not in given_set]
+            only_given = [x for x in given_layout if x not in saved_set]
+            problems.append(f"its layers differ (fitted with {only_saved[:5]}, given "
+                            f"{only_given[:5]})")
+    if saved_digest is not None:
+        given_digest = classifier_digest(module)
+        if given_digest != saved_digest:
+            problems.append(f"its weights differ (SHA-256 of the state_dict: fitted "
+                            f"{str(saved_digest)[:12]}..., given {given_digest[:12]}...)")
+    if not problems:
+        return
+    message = (
+        "the classifier passed to load is not the one the detector was fitted on: "
+        + "; ".join(problems) + ". The detector would score with its saved copy of the "
+        "fitted classifier while detector.classifier, which clone(), refitting and "
+        "DetectAndPurify use, would be the one passed. Pass the classifier with the weights "
+        "the detector was fitted on; if the classifier was retrained, refit the detector on "
+        "it (clone(detector).set_params(classifier=new).fit(X_clean)); strict=False loads "
+        "anyway, with a warning.")
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _rebuild(detector, attributes, store, device):
@@ -745,7 +887,9 @@ def _rebuild(detector, attributes, store, device):
 
 def _restore_attributes(detector, attributes, store):
     rebuilt = set(_fitted_names(detector))
-    missing = sorted(rebuilt - set(attributes))
+    # Files saved before the classifier fingerprints existed still load (the check
+    # warned); the rebuilt values, those of the classifier passed, stay.
+    missing = sorted(rebuilt - set(attributes) - {"classifier_digest_", "classifier_layout_"})
     if missing:
         raise ValueError(f"the file lacks the fitted attributes {missing} that this version "
                          f"of {type(detector).__name__} sets: refit and save it again.")

@@ -114,12 +114,17 @@ def plot_score_densities(clean, adversarial, threshold=0.0, title="", ax=None):
     return ax
 
 
-def plot_reconstructions(rows, titles, n=8):
+def plot_reconstructions(rows, titles, n=8, *, value_range=(0.0, 1.0), signed=None):
     """A grid: one row per array of images, ``n`` columns.
 
-    Images in [0, 1] are drawn in grey (RGB for three channels); an image
-    with a negative value (a reconstruction error ``x - x'``) in a diverging
-    colour map over [-1, 1], white at 0.
+    Images are drawn in grey over ``value_range`` (RGB for three channels).
+    A row of signed differences (a reconstruction error ``x - x'``) is drawn
+    as one signed value per pixel in a diverging colour map (``"seismic"``:
+    blue negative, white 0, red positive) with a symmetric norm over
+    ``[-w, w]``, ``w`` the width of ``value_range``; for colour images that
+    value is the channel difference of largest magnitude, with its sign (a
+    mean over channels could cancel a red error against a blue one, and an
+    RGB picture cannot show negative values at all).
 
     Parameters
     ----------
@@ -129,6 +134,13 @@ def plot_reconstructions(rows, titles, n=8):
     n : int, default=8
         Columns: the first ``n`` images of each row (cells past a row's end
         stay empty).
+    value_range : (float, float) or None, default=(0.0, 1.0)
+        Range of the images' values (a detector's ``input_range``); ``None``
+        takes the smallest and largest value of the image rows.
+    signed : list of bool or None, default=None
+        Which rows are signed differences; ``None``: the rows with a value
+        below ``value_range[0]`` (a whole row, so that an error image that
+        happens to be non-negative is drawn like the others).
 
     Returns
     -------
@@ -149,18 +161,37 @@ def plot_reconstructions(rows, titles, n=8):
     >>> plt.close(fig)
     """
     plt = _pyplot()
+    rows = [np.asarray(r) for r in rows]
+    if signed is None:
+        low = 0.0 if value_range is None else float(value_range[0])
+        signed = [r.size > 0 and float(np.nanmin(r[:n])) < low for r in rows]
+    elif len(signed) != len(rows):
+        raise ValueError(f"signed needs one flag per row: {len(rows)} rows, got "
+                         f"{len(signed)} flags")
+    if value_range is None:
+        plain = [r[:n] for r, s in zip(rows, signed) if not s and r.size]
+        lo = min((float(np.nanmin(r)) for r in plain), default=0.0)
+        hi = max((float(np.nanmax(r)) for r in plain), default=1.0)
+        value_range = (lo, hi if hi > lo else lo + 1.0)
+    lo, hi = float(value_range[0]), float(value_range[1])
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
-    for r, (imgs, title) in enumerate(zip(rows, titles)):
+    for r, (imgs, title, is_signed) in enumerate(zip(rows, titles, signed)):
         for c in range(n):
             ax = axes[r, c]
             ax.axis("off")
             if c >= len(imgs):
                 continue
-            img = np.asarray(imgs[c])
-            signed = img.min() < 0
-            img = np.transpose(img, (1, 2, 0)) if img.shape[0] == 3 else img[0]
-            ax.imshow(img, cmap="seismic" if signed else "gray",
-                      vmin=-1 if signed else 0, vmax=1)
+            img = imgs[c]
+            if is_signed:
+                # One signed value per pixel: the channel of largest |difference|.
+                pick = np.abs(img).argmax(axis=0)[None]
+                ax.imshow(np.take_along_axis(img, pick, axis=0)[0], cmap="seismic",
+                          vmin=-(hi - lo), vmax=hi - lo)
+            elif img.shape[0] == 3:
+                # matplotlib draws RGB arrays on [0, 1] only.
+                ax.imshow(np.clip((np.transpose(img, (1, 2, 0)) - lo) / (hi - lo), 0, 1))
+            else:
+                ax.imshow(img[0], cmap="gray", vmin=lo, vmax=hi)
         axes[r, 0].set_title(title, fontsize=7, loc="left")
     fig.tight_layout()
     return fig
@@ -251,11 +282,14 @@ def save_benchmark_plots(folder, curves, detectors, X_clean, adversarial, n=8):
         if type(det).__name__ == "CMAGDetector":
             rows = [X] + [det.reconstruct(X, stage=s) for s in ("fmr", "lr", "gr")]
             titles = ["input (clean | " + attack + ")", "FMR", "LR", "GR"]
+            signed = [False] * 4
         else:
             rec = det.reconstruct(X)
             rows, titles = [X, rec, X - rec], ["input (clean | " + attack + ")",
                                                "reconstruction", "error x - x'"]
-        fig = plot_reconstructions(rows, titles, n=len(X))
+            signed = [False, False, True]
+        fig = plot_reconstructions(rows, titles, n=len(X), signed=signed,
+                                   value_range=getattr(det, "input_range", (0.0, 1.0)))
         path = os.path.join(folder, f"reconstructions_{_slug(name)}.png")
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -235,6 +235,11 @@ class FeatureSqueezingDetector(BaseDetector):
         the rows as they are, and each row is squeezed as a 1 x d image).
     input_range : (float, float) or None, default=(0.0, 1.0)
         Range that input values must lie in. ``None`` accepts any finite values.
+        The squeezers are defined on [0, 1] (the paper's): inputs are mapped
+        from this range to [0, 1], squeezed and mapped back, so
+        ``input_range=(0, 255)`` squeezes 8-bit images as the paper does
+        scaled ones. With ``None`` the range of the training images is used
+        (``squeeze_range_``).
     batch_size : int, default=256
         Inference batch size.
     device : {"auto", "cpu", "cuda"}, default="auto"
@@ -252,8 +257,18 @@ class FeatureSqueezingDetector(BaseDetector):
         The frozen copy of the classifier.
     classifier_output_ : {"logits", "proba"}
         What the classifier returns; probabilities are used as they are.
+    classifier_digest_ : str
+        SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
+        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        refuses a classifier with other weights.
+    classifier_layout_ : tuple of str
+        ``"name: ClassName"`` of every submodule of that classifier, checked
+        by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     squeezers_ : list of (str, functools.partial)
         Column name and function of each squeezer (picklable).
+    squeeze_range_ : (float, float)
+        The range mapped to [0, 1] before squeezing: ``input_range``, or the
+        training images' (min, max) when ``input_range`` is None.
     threshold_ : float
         The L1 distance above which an input is flagged.
     offset_ : float
@@ -357,6 +372,14 @@ class FeatureSqueezingDetector(BaseDetector):
     def _fit(self, X, y, rng):
         self.classifier_ = self._prepare_classifier(X)
         self.squeezers_ = self._parse_squeezers()
+        # The squeezers are defined on [0, 1] (bit depth rounds x (2^b - 1), non-local
+        # means takes h / 255): they run on the inputs mapped from this range to
+        # [0, 1] and back, the declared input_range or, unbounded, the training data's.
+        if self._value_range is not None:
+            self.squeeze_range_ = self._value_range
+        else:
+            lo, hi = float(X.min()), float(X.max())
+            self.squeeze_range_ = (lo, hi if hi > lo else lo + 1.0)
         bar = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -386,9 +409,15 @@ class FeatureSqueezingDetector(BaseDetector):
     def _distances(self, xb):
         """L1 distance between softmax(x) and softmax(squeeze(x)), per squeezer."""
         probs = self._softmax(self.classifier_(xb)[1])
+        lo, hi = getattr(self, "squeeze_range_", (0.0, 1.0))
+        unit = lo == 0.0 and hi == 1.0
         out = {}
         for name, squeeze in self.squeezers_:
-            squeezed = self._softmax(self.classifier_(squeeze(xb))[1])
+            if unit:
+                squeezed = squeeze(xb)
+            else:
+                squeezed = squeeze((xb - lo) / (hi - lo)) * (hi - lo) + lo
+            squeezed = self._softmax(self.classifier_(squeezed)[1])
             out[f"l1_{name}"] = (probs - squeezed).abs().sum(dim=1)
         return out
 

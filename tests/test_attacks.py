@@ -365,3 +365,68 @@ def test_verbose_shows_a_progress_bar(model, eval_set, capsys):
     assert capsys.readouterr().err == ""
     generate(model, X, y, attack="fgsm", eps=0.1, batch_size=2, verbose=1)
     assert "attack fgsm" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# eps-like settings larger than the input range (issue 14, item 9)
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("attack, kwargs, key", [
+    ("fgsm", dict(eps=8), "eps"),
+    ("fgsm", dict(eps=1.5), "eps"),
+    ("bim", dict(eps=16), "eps"),
+    ("pgd", dict(eps=8), "eps"),
+    ("pgd", dict(eps=8 / 255, eps_step=2), "eps_step"),
+    ("bim", dict(eps=0.1, eps_step=4), "eps_step"),
+    ("pgd", dict(eps=8, norm=np.inf, eps_step=0.01), "eps"),
+    ("jsma", dict(theta=5.0), "theta"),
+    ("jsma", dict(theta=-2.0), "theta"),
+])
+def test_eps_larger_than_the_input_range_is_rejected(eval_set, attack, kwargs, key):
+    X, y = eval_set[0][:4], eval_set[1][:4]
+    with pytest.raises(ValueError, match=rf"{key}=.*units of the input range \[0, 1\].*"
+                                         r"did you mean .*/255"):
+        generate(model_for_checks(), X, y, attack=attack, **kwargs)
+
+
+def test_l2_eps_larger_than_any_perturbation_is_rejected(eval_set):
+    # Two 28x28 images in [0, 1] are at most sqrt(784) = 28 apart in L2.
+    X, y = eval_set[0][:4], eval_set[1][:4]
+    with pytest.raises(ValueError, match=r"eps=30.*sqrt\(784\) = 28.*8/255|eps=30.*/255"):
+        generate(model_for_checks(), X, y, attack="fgsm", eps=30, norm=2)
+    with pytest.raises(ValueError, match=r"eps_step=40"):
+        generate(model_for_checks(), X, y, attack="pgd", eps=2.0, norm=2, eps_step=40)
+    # A large but possible L2 budget (the L2 attacks' usual 1-5) still runs.
+    res = generate(model_for_checks(), X, y, attack="fgsm", eps=3.0, norm=2, random_state=0)
+    assert np.all(res.l2 <= 3.0 + 1e-4)
+
+
+def test_eps_of_one_still_runs(eval_set):
+    X, y = eval_set[0][:2], eval_set[1][:2]
+    res = generate(model_for_checks(), X, y, attack="fgsm", eps=1.0, random_state=0)
+    assert res.x_adv.shape == X.shape
+
+
+def model_for_checks():
+    torch.manual_seed(0)
+    return tiny_cnn().eval()
+
+
+def test_benchmark_attack_spec_rejects_eps_above_one_and_reads_fractions():
+    from advdetect.benchmark import parse_attack
+
+    with pytest.raises(ValueError, match=r"pgd:8.*units of the input range \[0, 1\].*"
+                                         r"did you mean 8/255 \('pgd:8/255'\)"):
+        parse_attack("pgd:8")
+    assert parse_attack("pgd:8/255") == ("pgd", {"eps": pytest.approx(8 / 255)})
+    assert parse_attack("cw:9") == ("cw", {"confidence": 9.0})  # not an eps: no limit
+    with pytest.raises(ValueError, match="number or a fraction"):
+        parse_attack("fgsm:abc")
+
+
+def test_check_adversarial_refuses_a_budget_larger_than_the_input_range():
+    x = np.zeros((2, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"eps=8 .*did you mean 8/255"):
+        check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=8)
+    with pytest.raises(ValueError, match=r"sqrt\(4\) = 2"):
+        check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=3, norm=2)
+    assert check_adversarial(x, x + 0.5, y=[0, 0], y_pred_adv=[1, 1], eps=1.0, norm=2).all()

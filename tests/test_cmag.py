@@ -162,8 +162,8 @@ def test_stage_all_flags_union_of_stages(digits_small, small_victim):
 
 def test_combine_mean_differs_from_hadamard(digits_small, small_victim):
     X, _ = digits_small
-    a = CMAGDetector(small_victim, **FAST).fit(X).reconstruct(X[:5])
-    b = CMAGDetector(small_victim, combine="mean", **FAST).fit(X).reconstruct(X[:5])
+    a = CMAGDetector(small_victim, **FAST).fit(X).reconstruct(X[:5], stage="gr")
+    b = CMAGDetector(small_victim, combine="mean", **FAST).fit(X).reconstruct(X[:5], stage="gr")
     assert not np.allclose(a, b)
 
 
@@ -219,3 +219,42 @@ def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim):
     # The paper's scoring (GR, both tests) on the same networks ranks them too.
     det.set_params(stage="gr", criterion="both", confidence_test=False).recalibrate()
     assert roc_auc_score(y, np.r_[det.score_samples(X_te), det.score_samples(X_adv)]) > 0.8
+
+
+# --------------------------------------------------------------------------- #
+# input_range other than [0, 1] (issue 14, item 5)
+# --------------------------------------------------------------------------- #
+class _Divide255(torch.nn.Module):
+    def forward(self, x):
+        return x / 255.0
+
+
+def test_input_range_0_255_trains_the_detector_of_scaled_images(digits_small, small_victim):
+    # A classifier of 8-bit images (it divides by 255) and input_range=(0, 255):
+    # the SSIM loss's L2 term and GR's Hadamard input are taken on [0, 1], so
+    # training and the SSIM scores are those of the scaled images, L2 x 255.
+    X = digits_small[0][:120]
+    module = small_victim.module_
+    unit = CMAGDetector(module, **FAST).fit(X)
+    byte = CMAGDetector(torch.nn.Sequential(_Divide255(), module), input_range=(0, 255),
+                        feature_layer="1." + unit.feature_layer_, **FAST).fit(X * 255)
+    a, b = unit.reconstruction_errors(X), byte.reconstruction_errors(X * 255)
+    for stage in ("fmr", "lr", "gr"):
+        np.testing.assert_allclose(b[f"ssim_{stage}"], a[f"ssim_{stage}"], atol=1e-3)
+        np.testing.assert_allclose(b[f"l2_{stage}"] / 255, a[f"l2_{stage}"], rtol=1e-3,
+                                   atol=1e-4)
+    np.testing.assert_allclose(byte.score_samples(X * 255), unit.score_samples(X), atol=1e-3)
+
+
+def test_reconstruct_defaults_to_the_scored_stage(digits_det, digits_small):
+    # Issue 14, item 11: the default used to be GR while FMR is scored.
+    X = digits_small[0][:6]
+    det = digits_det
+    by_stage = {s: det.reconstruct(X, stage=s) for s in ("fmr", "lr", "gr")}
+    assert not np.allclose(by_stage["fmr"], by_stage["gr"])
+    np.testing.assert_array_equal(det.reconstruct(X), by_stage[det.stage])
+    for stage, expected in (("lr", "lr"), ("gr", "gr"), ("all", "gr")):
+        other = clone(det).set_params(stage=stage)
+        # Same networks, another scored stage: no refit needed to read the default.
+        other.__dict__.update({k: v for k, v in vars(det).items() if k.endswith("_")})
+        np.testing.assert_array_equal(other.reconstruct(X), by_stage[expected])

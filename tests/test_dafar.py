@@ -429,3 +429,30 @@ def test_pooling_indices_recorded_in_the_forward_pass_itself():
     with rec.recording():
         values, indices = own(torch.rand(1, 1, 4, 4))
     assert own.return_indices and rec.take()[0] is indices
+
+
+# --------------------------------------------------------------------------- #
+# input_range other than [0, 1] (issue 14, item 5)
+# --------------------------------------------------------------------------- #
+class _Divide255(torch.nn.Module):
+    def forward(self, x):
+        return x / 255.0
+
+
+@pytest.mark.parametrize("training", ["plugin", "joint"])
+def test_input_range_0_255_trains_the_detector_of_scaled_images(digits_small, small_victim,
+                                                                training):
+    # The decoder's loss (and its balance with the cross-entropy in joint mode)
+    # and the anomaly detector's input are taken on [0, 1]: the scores of 8-bit
+    # images are those of the scaled images, times 255.
+    import copy
+
+    X, y = digits_small[0][:120], digits_small[1][:120]
+    unit = DAFARDetector(copy.deepcopy(small_victim.module_), training=training,
+                         **FAST).fit(X, y if training == "joint" else None)
+    byte = DAFARDetector(torch.nn.Sequential(_Divide255(), copy.deepcopy(small_victim.module_)),
+                         training=training, input_range=(0, 255),
+                         feature_layer="1." + unit.feature_layer_,
+                         **FAST).fit(X * 255, y if training == "joint" else None)
+    np.testing.assert_allclose(byte.score_samples(X * 255) / 255, unit.score_samples(X),
+                               rtol=1e-3, atol=1e-4)

@@ -50,7 +50,7 @@ def test_rejects_flagged_and_classifies_the_purified_rest():
     # Means 0.6, 0.6 are flagged; the rest are classified after inversion (1 - x).
     X = _images([0.9, 0.1, 0.9, 0.1], [0.6, 0.6, 0.3, 0.3])
     defence = DetectAndPurify(_FirstPixel(), _MockDetector()).fit(X)
-    np.testing.assert_array_equal(defence.classes_, [0, 1])
+    np.testing.assert_array_equal(defence.classes_, [0, 1, -1])  # the rejection is a class
     np.testing.assert_array_equal(defence.predict(X), [-1, -1, 0, 1])
     raw = DetectAndPurify(_FirstPixel(), _MockDetector(), purify=False, reject_label=99).fit(X)
     np.testing.assert_array_equal(raw.predict(X), [99, 99, 1, 0])
@@ -108,7 +108,7 @@ def test_with_dafar_matches_detector_and_classifier(dafar, digits_small, small_v
     dafar = clone(dafar).set_params(z=0.0).fit(X[:150])  # flags about half
     defence = DetectAndPurify(FrozenEstimator(small_victim), dafar).fit(X[:150])
     assert defence.detector_ is dafar
-    np.testing.assert_array_equal(defence.classes_, small_victim.classes_)
+    np.testing.assert_array_equal(defence.classes_, np.r_[small_victim.classes_, -1])
     pred = defence.predict(X[150:])
     flagged = dafar.predict(X[150:]) == -1
     assert 0 < flagged.sum() < len(flagged)
@@ -128,3 +128,61 @@ def test_fits_an_unfitted_dafar_and_works_in_clone(digits_small, small_victim):
     pred = defence.predict(X[100:140])
     assert pred.shape == (40,) and set(pred) <= set(range(10)) | {-1}
     assert 0 <= defence.score(X[100:140], y[100:140]) <= 1
+
+
+# --------------------------------------------------------------------------- #
+# predict_proba (issue 14, item 15)
+# --------------------------------------------------------------------------- #
+def test_predict_proba_has_a_reject_column_and_agrees_with_predict():
+    X = _images([0.9, 0.1, 0.9, 0.1], [0.6, 0.6, 0.3, 0.3])  # predict: [-1, -1, 0, 1]
+    defence = DetectAndPurify(_FirstPixel(), _MockDetector()).fit(X)
+    proba = defence.predict_proba(X)
+    assert proba.shape == (4, len(defence.classes_)) == (4, 3) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(defence.classes_[proba.argmax(axis=1)], defence.predict(X))
+    np.testing.assert_array_equal(proba[:2], [[0, 0, 1], [0, 0, 1]])  # rejected
+    # Accepted: softmax of the classifier's logits on the purified image 1 - x.
+    logits = _FirstPixel()(torch.as_tensor(1 - X[2:])).double()
+    np.testing.assert_allclose(proba[2:, :2], torch.softmax(logits, 1).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(proba[2:, 2], 0.0)
+    log_proba = defence.predict_log_proba(X)
+    np.testing.assert_allclose(np.exp(log_proba), proba)
+    assert np.isneginf(log_proba[:2, :2]).all() and np.isneginf(log_proba[2:, 2]).all()
+    # A classifier that returns probabilities: used as they are.
+    probs = nn.Sequential(_FirstPixel(), nn.Softmax(dim=1))
+    same = DetectAndPurify(probs, _MockDetector()).fit(X)
+    np.testing.assert_allclose(same.predict_proba(X), proba, rtol=1e-6)
+    # reject_label of another type: classes_ holds both.
+    named = DetectAndPurify(_FirstPixel(), _MockDetector(), reject_label=99).fit(X)
+    np.testing.assert_array_equal(named.classes_, [0, 1, 99])
+    np.testing.assert_array_equal(named.classes_[named.predict_proba(X).argmax(1)],
+                                  named.predict(X))
+
+
+def test_predict_proba_with_dafar_is_the_classifiers_on_the_purified_images(
+        dafar, digits_small, small_victim):
+    X, _ = digits_small
+    dafar = clone(dafar).set_params(z=0.0).fit(X[:150])
+    defence = DetectAndPurify(FrozenEstimator(small_victim), dafar).fit(X[:150])
+    proba = defence.predict_proba(X[150:])
+    flagged = dafar.predict(X[150:]) == -1
+    assert 0 < flagged.sum() < len(flagged)
+    expected = small_victim.predict_proba(dafar.transform(X[150:]))
+    np.testing.assert_allclose(proba[~flagged, :-1], expected[~flagged], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(proba[flagged, -1], 1.0)
+    np.testing.assert_array_equal(defence.classes_[proba.argmax(1)], defence.predict(X[150:]))
+    own = DetectAndPurify(detector=dafar).fit(X[:150])  # the detector's copy
+    np.testing.assert_allclose(own.predict_proba(X[150:]), proba, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_proba_exists_only_when_the_classifier_has_one():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    assert hasattr(DetectAndPurify(_FirstPixel(), _MockDetector()), "predict_proba")
+    assert hasattr(DetectAndPurify(None, _MockDetector()), "predict_log_proba")
+    assert hasattr(make_pipeline(DetectAndPurify(_FirstPixel(), _MockDetector())),
+                   "predict_proba")
+    no_proba = DetectAndPurify(FrozenEstimator(LinearSVC()), _MockDetector())
+    assert not hasattr(no_proba, "predict_proba")
+    assert not hasattr(no_proba, "predict_log_proba")

@@ -274,3 +274,23 @@ def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim):
         assert roc_auc_score(y, -np.r_[clean[name], adv[name]]) > 0.8
     assert np.mean(adv["is_adversarial"]) > 0.5
     assert np.mean(clean["is_adversarial"]) < 0.2
+
+
+# --------------------------------------------------------------------------- #
+# input_range other than [0, 1] (issue 14, item 5)
+# --------------------------------------------------------------------------- #
+class _Divide255(torch.nn.Module):
+    def forward(self, x):
+        return x / 255.0
+
+
+def test_input_range_0_255_trains_the_detector_of_scaled_images(digits_small):
+    # The same images on [0, 255] with input_range=(0, 255): the autoencoders see
+    # them on [0, 1] (input, noise, activity regulariser), so the scores, which are
+    # margins in units of the errors' spread, are those of the scaled images.
+    X = digits_small[0][:120]
+    unit = MagNetDetector(**FAST).fit(X)
+    byte = MagNetDetector(input_range=(0, 255), **FAST).fit(X * 255)
+    np.testing.assert_allclose(byte.score_samples(X * 255), unit.score_samples(X),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(byte.transform(X * 255) / 255, unit.transform(X), atol=1e-4)

@@ -66,8 +66,9 @@ def case(request, data, victim, tmp_path_factory):
 
 
 def _classifier_for(name):
-    """A classifier of the saved architecture with other weights: the file's weights win."""
-    return None if name == "magnet" else _victim(seed=123)
+    """A new classifier object with the fitted weights (load checks them against the
+    saved digest); the detector's copy is rebuilt from the file's weights."""
+    return None if name == "magnet" else _victim(seed=1)
 
 
 def _fitted_names(det):
@@ -538,6 +539,7 @@ def test_flat_unbounded_rows_and_a_lazy_classifier_round_trip(cls, tmp_path):
     import warnings
 
     def lazy():
+        torch.manual_seed(7)  # the same weights for the sized layer: load checks them
         return torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(),
                                    torch.nn.Linear(8, 3))
 
@@ -556,3 +558,110 @@ def test_flat_unbounded_rows_and_a_lazy_classifier_round_trip(cls, tmp_path):
     np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
     for attr in _fitted_names(det):
         _assert_same(getattr(det, attr), getattr(again, attr), attr)
+
+
+# --------------------------------------------------------------------------- #
+# The classifier passed to load is the one fitted (issue 14, item 7)
+# --------------------------------------------------------------------------- #
+def test_load_refuses_a_classifier_with_other_weights(case, data):
+    det, path, name = case
+    if name == "magnet":
+        return
+    X, _ = data
+    assert det.classifier_digest_ == persistence_digest(_victim(seed=1))
+    for other in (_victim(seed=123),                       # another (untrained) network
+                  _perturbed(_victim(seed=1))):             # one weight moved by 1e-6
+        with pytest.raises(ValueError, match=r"not the one the detector was fitted on: its "
+                                             r"weights differ.*refit the detector.*strict=False"):
+            load(path, classifier=other)
+        # strict=False: loads, with a warning, still scoring with the saved copy.
+        with pytest.warns(UserWarning, match="weights differ"):
+            again = load(path, classifier=other, strict=False)
+        np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
+
+
+def test_load_refuses_a_classifier_with_other_layers():
+    # Same weights, a Tanh for a ReLU: the weights cannot tell, the layout can.
+    X = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+
+    def net(act):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), act(), torch.nn.Flatten(),
+                                   torch.nn.Linear(4 * 6 * 6, 3))
+
+    det = FeatureSqueezingDetector(net(torch.nn.ReLU), **FAST).fit(X)
+    buffer = io.BytesIO()
+    det.save(buffer)
+    with pytest.raises(ValueError, match=r"its layers differ \(fitted with \['1: ReLU'\], "
+                                         r"given \['1: Tanh'\]\)"):
+        load(io.BytesIO(buffer.getvalue()), classifier=net(torch.nn.Tanh))
+    again = load(io.BytesIO(buffer.getvalue()), classifier=net(torch.nn.ReLU))
+    np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
+
+
+def test_clone_of_a_loaded_detector_protects_the_fitted_classifier(saved, data, victim):
+    from sklearn.base import clone
+
+    X, _ = data
+    loaded = load(saved, classifier=_victim(seed=1))
+    refit = clone(loaded).fit(X)
+    assert refit.classifier_digest_ == loaded.classifier_digest_ == persistence_digest(victim)
+
+
+def test_file_without_a_classifier_digest_loads_with_a_warning(saved, tmp_path):
+    def drop(header):
+        del header["attributes"]["classifier_digest_"]
+        del header["attributes"]["classifier_layout_"]
+
+    old = _rewrite(saved, tmp_path / "old.safetensors", drop)
+    with pytest.warns(UserWarning, match="cannot be checked"):
+        again = load(old, classifier=_victim(seed=1))
+    assert again.classifier_digest_ == persistence_digest(_victim(seed=1))
+
+
+def persistence_digest(module):
+    from advdetect._fingerprint import classifier_digest
+
+    return classifier_digest(module)
+
+
+def _perturbed(module):
+    with torch.no_grad():
+        next(module.parameters()).view(-1)[0] += 1e-6
+    return module
+
+
+# --------------------------------------------------------------------------- #
+# File objects (issue 14, item 14)
+# --------------------------------------------------------------------------- #
+def test_save_and_load_accept_binary_file_objects(saved, data, tmp_path):
+    X, _ = data
+    det = load(saved, classifier=_victim(seed=1))
+    buffer = io.BytesIO()
+    det.save(buffer)
+    save(det, buffer)  # the function writes at the position too: two files back to back
+    size = len(buffer.getvalue()) // 2
+    assert buffer.getvalue()[:size] == buffer.getvalue()[size:]
+    again = load(io.BytesIO(buffer.getvalue()[:size]), classifier=_victim(seed=1))
+    np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
+    # The same bytes as a file written by path; and open files both ways.
+    assert buffer.getvalue()[:size] == Path(saved).read_bytes()
+    with open(tmp_path / "det.safetensors", "wb") as f:
+        det.save(f)
+    with open(tmp_path / "det.safetensors", "rb") as f:
+        again = CMAGDetector.load(f, _victim(seed=1))
+    np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
+
+
+def test_file_objects_of_the_wrong_kind_are_refused(saved, tmp_path):
+    det = load(saved, classifier=_victim(seed=1))
+    with pytest.raises(TypeError, match="binary mode"):
+        det.save(io.StringIO())
+    with pytest.raises(TypeError, match="binary mode"):
+        load(io.StringIO("text"), classifier=_victim(seed=1))
+    with pytest.raises(ValueError, match="BytesIO is not an advdetect detector file"):
+        load(io.BytesIO(b"not a safetensors file at all"), classifier=_victim(seed=1))
+    data = bytearray(Path(saved).read_bytes())
+    data[-1] ^= 0xFF
+    with pytest.raises(ValueError, match="corrupted"):
+        load(io.BytesIO(bytes(data)), classifier=_victim(seed=1))

@@ -197,3 +197,67 @@ def test_end_to_end_mnist_fgsm(mnist_small, mnist_victim):
     y = np.r_[np.ones(len(clean)), -np.ones(len(adv))]
     assert roc_auc_score(y, np.r_[clean, adv]) > 0.7
     assert np.mean(det.predict(X_adv) == -1) > np.mean(det.predict(X_te) == -1)
+
+
+# --------------------------------------------------------------------------- #
+# Squeezing in the declared input_range (issue 14, item 5)
+# --------------------------------------------------------------------------- #
+class _Divide(torch.nn.Module):
+    def __init__(self, by):
+        super().__init__()
+        self.by = by
+
+    def forward(self, x):
+        return x / self.by
+
+
+@pytest.mark.parametrize("squeezers", [[("bit_depth", 1)], [("bit_depth", 3), ("median", 2)],
+                                       [("nl_means", (5, 3, 20))]])
+def test_squeezers_work_in_the_declared_input_range(digits_small, small_victim, squeezers):
+    # The same images and the same classifier, once on [0, 1] and once on
+    # [0, 255] (the classifier divides by 255 first): the squeezers must see
+    # the same images, so every distance and the threshold are the same.
+    X = digits_small[0][:60]
+    module = small_victim.module_
+    unit = FeatureSqueezingDetector(module, squeezers=squeezers, device="cpu").fit(X)
+    byte = FeatureSqueezingDetector(torch.nn.Sequential(_Divide(255.0), module),
+                                    squeezers=squeezers, input_range=(0, 255),
+                                    device="cpu").fit(X * 255)
+    d_unit = unit.reconstruction_errors(X)
+    d_byte = byte.reconstruction_errors(X * 255)
+    assert d_unit["l1_max"].max() > 1e-3  # the squeezers change something
+    for column in [c for c in d_unit.columns if c.startswith("l1_")]:
+        np.testing.assert_allclose(d_byte[column], d_unit[column], atol=1e-5, err_msg=column)
+    assert byte.threshold_ == pytest.approx(unit.threshold_, abs=1e-5)
+    assert byte.squeeze_range_ == (0.0, 255.0)
+
+
+def test_unbounded_input_range_squeezes_in_the_training_range(digits_small, small_victim):
+    X = digits_small[0][:60]
+    module = small_victim.module_
+    unit = FeatureSqueezingDetector(module, device="cpu").fit(X)
+    # Shifted and scaled data with an unbounded range: squeezed on the training
+    # images' own [min, max], which is [-2, 2] here.
+    shifted = FeatureSqueezingDetector(
+        torch.nn.Sequential(_Affine(), module), input_range=None, device="cpu").fit(X * 4 - 2)
+    assert shifted.squeeze_range_ == (-2.0, 2.0)
+    np.testing.assert_allclose(shifted.score_samples(X * 4 - 2), unit.score_samples(X),
+                               atol=1e-5)
+
+
+class _Affine(torch.nn.Module):
+    def forward(self, x):
+        return (x + 2) / 4
+
+
+def test_out_of_range_error_names_the_declared_input_range(digits_small, small_victim):
+    # With input_range=(0, 255) the advice "divide 8-bit images by 255" is wrong.
+    X = digits_small[0][:20] * 255
+    det = FeatureSqueezingDetector(small_victim.module_, input_range=(0, 255), device="cpu")
+    with pytest.raises(ValueError, match=r"outside \[0.0, 255.0\].*input_range=\(0, 255\)") \
+            as info:
+        det.fit(X * 2)
+    assert "divide 8-bit images by 255" not in str(info.value)
+    det.fit(X)
+    with pytest.raises(ValueError, match=r"input_range=\(0, 255\) as declared"):
+        det.score_samples(X - 100)

@@ -502,17 +502,24 @@ class FeedbackLoss(nn.Module):
         Add ``cross_entropy(F(E(x)), y)`` (joint mode).
     output_kind : {"logits", "proba"}, default="logits"
         What the classifier returns; probabilities are mapped through ``log``.
+    data_range : float, default=1.0
+        Width of the input range: the reconstruction error is measured in its
+        units, ``||(x - D(E(x))) / data_range||``, so that its balance with the
+        cross-entropy is the paper's (images in [0, 1]) whatever the scale.
     """
 
-    def __init__(self, reconstruction="l2", classification=False, output_kind="logits"):
+    def __init__(self, reconstruction="l2", classification=False, output_kind="logits",
+                 data_range=1.0):
         super().__init__()
         self.reconstruction = reconstruction
         self.classification = classification
         self.output_kind = output_kind
+        self.data_range = data_range
 
     def forward(self, y_pred, x, y=None):
         recon, scores = y_pred
-        sq = (x - recon).flatten(1).pow(2).sum(dim=1)
+        diff = x - recon if self.data_range == 1 else (x - recon) / self.data_range
+        sq = diff.flatten(1).pow(2).sum(dim=1)
         per_sample = sq if self.reconstruction == "squared" else torch.sqrt(sq + 1e-12)
         loss = per_sample.mean()
         if self.classification:
@@ -547,8 +554,8 @@ class ReconstructionErrorAutoencoder(nn.Module):
     """The anomaly detector C (paper Table 3): a fully connected autoencoder.
 
     ``Linear(d, h) ReLU, Linear(h, b) ReLU, Linear(b, h) ReLU, Linear(h, d) Tanh``
-    on the flattened reconstruction error; the Tanh is scaled by ``scale`` (the
-    width of the input range, the largest possible error).
+    on the flattened reconstruction error divided by ``scale`` (the width of
+    the input range, the largest possible error); the Tanh is scaled back by it.
 
     Parameters
     ----------
@@ -568,5 +575,10 @@ class ReconstructionErrorAutoencoder(nn.Module):
         self.scale = scale
 
     def forward(self, delta):
-        out = self.net(delta.flatten(1))
-        return out if self.scale is None else self.scale * torch.tanh(out)
+        delta = delta.flatten(1)
+        if self.scale is None:
+            return self.net(delta)
+        # Errors of images on another range than [0, 1] are mapped to [-1, 1] on
+        # the way in too, so C sees what it sees for scaled images.
+        out = self.net(delta if self.scale == 1 else delta / self.scale)
+        return self.scale * torch.tanh(out)

@@ -28,6 +28,17 @@ class OutputRange(nn.Module):
         low, high = self.value_range
         return low + (high - low) * torch.sigmoid(x)
 
+    def to_unit(self, x):
+        """``x`` mapped from ``value_range`` to [0, 1] (unchanged for (0, 1) or None).
+
+        What a network whose input is an image in this range applies first, so
+        that it sees the [0, 1] images it was designed for.
+        """
+        if self.value_range is None or self.value_range == (0.0, 1.0):
+            return x
+        low, high = self.value_range
+        return (x - low) / (high - low)
+
 
 def _is_image(shape):
     return shape[1] >= 4 and shape[2] >= 4
@@ -88,6 +99,8 @@ class ImageToImageReconstructor(nn.Module):
     image_shape : tuple (C, H, W)
     width : int, default=32
     value_range : (float, float) or None, default=(0, 1)
+        Range of the input and output images; the input is mapped to [0, 1]
+        before the first layer.
     """
 
     def __init__(self, image_shape, width=32, value_range=(0.0, 1.0)):
@@ -110,6 +123,6 @@ class ImageToImageReconstructor(nn.Module):
 
     def forward(self, x):
         c, h, w = self.image_shape
-        z = self.net(x)
+        z = self.net(self.output.to_unit(x))
         z = z[:, :, :h, :w] if z.ndim == 4 else z.view(-1, c, h, w)
         return self.output(z)

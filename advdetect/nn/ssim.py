@@ -128,14 +128,37 @@ def ssim(x, y, data_range=1.0, win_size=None, sigma=1.5, k1=0.01, k2=0.03,
 
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
+    # The local (co)variances are E[x^2] - E[x]^2, which cancels catastrophically
+    # in float32 where an image is near-flat at a bright level (0.8^2 has an ulp
+    # of 6e-8, a thousandth of C2): SSIM then left [-1, 1] (1.0000662 for a flat
+    # 0.8 patch and the same + 2e-7). Two rearrangements, exact in real numbers,
+    # keep float32 within 1e-6 of scikit-image's float64:
+    # * the moments are shift-invariant, so each image and channel is centred
+    #   on its own mean first (detached: the value does not depend on the shift,
+    #   so neither does the true gradient); the luminance gets the mean back;
+    # * each factor is written as 1 - (a small, accurately computed term):
+    #   2 mu_x mu_y + C1 = (mu_x^2 + mu_y^2 + C1) - (mu_x - mu_y)^2 and
+    #   2 cov + C2 = (var_x + var_y + C2) - var(x - y), so near-identical images
+    #   do not subtract two numbers close to 1.
+    shift_x = x.detach().mean(dim=(2, 3), keepdim=True)
+    shift_y = y.detach().mean(dim=(2, 3), keepdim=True)
+    xc, yc = x - shift_x, y - shift_y
+    dc = xc - yc
     # One filter call for the five moments keeps this a single batched op.
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    mu_x, mu_y, m_xx, m_yy, m_xy = _filter(stacked, float(sigma), crop).chunk(5, dim=1)
-    var_x = m_xx - mu_x * mu_x
-    var_y = m_yy - mu_y * mu_y
-    cov = m_xy - mu_x * mu_y
-    smap = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    stacked = torch.cat([xc, yc, xc * xc, yc * yc, dc * dc], dim=1)
+    mc_x, mc_y, m_xx, m_yy, m_dd = _filter(stacked, float(sigma), crop).chunk(5, dim=1)
+    var_x = m_xx - mc_x * mc_x
+    var_y = m_yy - mc_y * mc_y
+    mc_d = mc_x - mc_y
+    var_d = m_dd - mc_d * mc_d                      # var_x + var_y - 2 cov
+    mu_x, mu_y = mc_x + shift_x, mc_y + shift_y
+    mu_d = mc_d + (shift_x - shift_y)               # mu_x - mu_y
+    luminance = 1 - mu_d * mu_d / (mu_x * mu_x + mu_y * mu_y + c1)
+    contrast_structure = 1 - var_d / (var_x + var_y + c2)
+    smap = luminance * contrast_structure
+    # What rounding is left (a variance of -1e-9 where the true one is 0) can
+    # still put a pixel a hair outside [-1, 1], where SSIM lies by construction.
+    smap = smap.clamp(-1.0, 1.0)
     if reduction == "none":
         return smap
     per_channel = smap.mean(dim=(2, 3))
@@ -159,7 +182,10 @@ class SSIMLoss(torch.nn.Module):
     mu : float, default=0.5
         Weight of the squared L2 term (paper: 0.5 for FMR, LR and GR).
     data_range : float, default=1.0
-        Passed to :func:`ssim`.
+        Passed to :func:`ssim`; the L2 term is measured in units of it too,
+        ``||(x_hat - x) / data_range||^2``, so ``mu`` weighs the two terms
+        alike whatever the scale of the images (the paper's images are in
+        [0, 1]).
 
     Notes
     -----
@@ -189,7 +215,8 @@ class SSIMLoss(torch.nn.Module):
 
     def forward(self, x_hat, x):
         x = x.reshape(x_hat.shape)
-        l2 = ((x_hat - x) ** 2).flatten(1).sum(dim=1)
+        diff = x_hat - x if self.data_range == 1 else (x_hat - x) / self.data_range
+        l2 = (diff ** 2).flatten(1).sum(dim=1)
         loss = self.mu * l2
         if self.mu < 1:
             loss = loss + (1 - self.mu) * (1 - ssim(x_hat, x, data_range=self.data_range))
