@@ -41,9 +41,9 @@ FULL_ATTACKS = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:
 #: The one quick preset (``--quick`` of ``advdetect demo`` and ``advdetect benchmark``): a
 #: smoke run that checks the whole pipeline in about a minute on a 2-core CPU. Its figures
 #: are not measurements: tiny networks trained for a few epochs on 600 images.
-QUICK = dict(n_train=600, n_test=200, n_attack=50, victim_epochs=3, detector_epochs=2,
+QUICK = dict(n_train=1000, n_test=200, n_attack=50, victim_epochs=8, detector_epochs=2,
              attacks=["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0"])
-QUICK_BANNER = ("QUICK RUN: a smoke test at tiny sizes (600 training images, a few epochs); "
+QUICK_BANNER = ("QUICK RUN: a smoke test at tiny sizes (1,000 training images, a few epochs); "
                 "its figures are not measurements of the detectors.")
 #: Detectors the benchmark knows, in table order.
 DETECTORS = ["cmag", "dafar", "magnet", "squeeze"]
