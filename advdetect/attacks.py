@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .base import as_logits, infer_output_kind, seeded, unwrap_classifier
+from .base import as_logits, infer_output_kind, layout_hint, seeded, unwrap_classifier
 
 __all__ = ["ATTACKS", "CW_BACKENDS", "AttackResult", "carlini_wagner_l2", "check_adversarial",
            "generate", "perturbation_norms"]
@@ -616,7 +616,8 @@ def _validate(X, y, batch_size, verbose):
     X = np.asarray(X)
     if X.ndim != 4:
         raise ValueError(
-            f"X must be images of shape (n, C, H, W); got an array of shape {X.shape}.")
+            f"X must be images of shape (n, C, H, W); got an array of shape {X.shape}."
+            + layout_hint(X.shape))
     if X.dtype.kind not in "fiub":
         raise ValueError(f"X must be numeric; got dtype {X.dtype}.")
     X = X.astype(np.float32, copy=False)
@@ -786,8 +787,12 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     device = first.device if first is not None else torch.device("cpu")
 
     with _attack_mode(module), seeded(random_state) as rng:
-        with torch.no_grad():
-            probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
+        try:
+            with torch.no_grad():
+                probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
+        except RuntimeError as exc:
+            raise ValueError(f"the classifier cannot run on images of shape {X.shape[1:]}: "
+                             f"{exc}." + layout_hint(X.shape)) from exc
         if probe.ndim != 2:
             raise ValueError(f"the classifier must return class scores of shape (n, n_classes); "
                              f"got {tuple(probe.shape)}.")

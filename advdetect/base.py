@@ -31,6 +31,7 @@ __all__ = [
     "unwrap_classifier",
     "default_feature_layer",
     "batched",
+    "layout_hint",
 ]
 
 # Values a hair outside [0, 1] (float rounding in a user's scaling) are accepted.
@@ -499,6 +500,63 @@ def _as_numeric_array(X):
     return X
 
 
+def layout_hint(shape, image_shape=None):
+    """A sentence telling how to fix an image array of a likely wrong layout, or ``""``.
+
+    Detectors and attacks take channels-first batches ``(n, C, H, W)``. Two
+    mistakes are common and otherwise surface as misleading errors (a single
+    ``(3, 32, 32)`` image read as three grey images; torch's "expected 3
+    channels, but got 32" for a channels-last batch): a single image passed
+    without its batch axis, and a channels-last batch ``(n, H, W, C)``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The shape of the array as the user passed it.
+    image_shape : tuple of int, optional
+        ``(C, H, W)`` the images should have (a fitted detector's
+        ``image_shape_``); without it the hint goes by the shape alone.
+
+    Returns
+    -------
+    str
+        Empty when the layout looks right; else one sentence with the fix.
+
+    Examples
+    --------
+    >>> layout_hint((8, 32, 32, 3))
+    ' X looks channels-last (n, H, W, C) = (8, 32, 32, 3): pass channels-first images, np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)).'
+    >>> layout_hint((3, 32, 32), image_shape=(3, 32, 32))
+    ' X looks like a single image of shape (3, 32, 32): pass a batch of one, X[None].'
+    >>> layout_hint((100, 1, 28, 28))
+    ''
+    """
+    shape = tuple(int(s) for s in shape)
+    channels = (1, 3, 4)
+    if image_shape is not None:
+        c, h, w = (int(s) for s in image_shape)
+        if shape == (c, h, w) and c > 1 or (c == 1 and shape == (h, w)):
+            return (f" X looks like a single image of shape {shape}: pass a batch of one, "
+                    "X[None].")
+        if shape == (h, w, c) and c > 1:
+            return (f" X looks like a single channels-last image of shape {shape}: pass "
+                    "np.moveaxis(X, -1, 0)[None].")
+        if len(shape) == 4 and shape[1:] == (h, w, c) and c > 1:
+            return (f" X looks channels-last (n, H, W, C) = {shape}: pass channels-first "
+                    "images, np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)).")
+        return ""
+    if len(shape) == 4 and shape[-1] in channels and shape[1] not in channels:
+        return (f" X looks channels-last (n, H, W, C) = {shape}: pass channels-first "
+                "images, np.moveaxis(X, -1, 1) (torch: X.permute(0, 3, 1, 2)).")
+    if len(shape) == 3 and shape[0] in (3, 4) and min(shape[1:]) > 4:
+        return (f" X may be a single image of shape {shape} (C, H, W), which is read as "
+                f"{shape[0]} greyscale images: pass a batch of one, X[None].")
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
+        return (f" X may be a single channels-last image of shape {shape}: pass "
+                "np.moveaxis(X, -1, 0)[None].")
+    return ""
+
+
 def _clean_rows(y, n_samples):
     """Indices of the clean rows (``y == +1``) when ``y`` holds a -1, else ``None``.
 
@@ -606,6 +664,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
         input_shape = self.input_shape
         if ndim == 2:
+            hint = "" if reset or getattr(self, "flat_input_", True) else \
+                layout_hint(np.shape(X), self.image_shape_)
+            if hint:
+                raise ValueError(f"X has shape {tuple(np.shape(X))}, but "
+                                 f"{type(self).__name__} was fitted on images of shape "
+                                 f"{tuple(self.image_shape_)}." + hint)
             # Flat rows: scikit-learn's own validation (feature names, n_features_in_).
             X = validate_data(self, X, reset=reset, dtype=[np.float32, np.float64],
                               ensure_all_finite=True)
@@ -635,7 +699,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             elif tuple(shape) != tuple(self.image_shape_):
                 raise ValueError(
                     f"X has images of shape {tuple(shape)}, but {type(self).__name__} was "
-                    f"fitted on images of shape {tuple(self.image_shape_)}.")
+                    f"fitted on images of shape {tuple(self.image_shape_)}."
+                    + layout_hint(X.shape, self.image_shape_))
         else:
             hint = (" Reshape your data: X.reshape(1, -1) for a single sample, or "
                     "X.reshape(-1, 1) for a single feature.") if ndim == 1 else ""
@@ -665,6 +730,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             # fit hands X to torch and skorch whole; scoring copies batch by batch
             # (batched), so a large read-only X is not copied there.
             images = writable(images)
+            # The layout as passed, for the classifier probe's error message (not state).
+            self._fit_input_shape = tuple(np.shape(X))
         return images
 
     @staticmethod
@@ -710,7 +777,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         probe = torch.as_tensor(writable(X[: min(len(X), 8)]), device=self.device_)
         # Lazy layers size themselves on the first batch: run one before naming a
         # layer or freezing the weights.
-        _probe(module, probe.flatten(1) if self.flat_input_ else probe)
+        try:
+            _probe(module, probe.flatten(1) if self.flat_input_ else probe)
+        except (RuntimeError, ValueError) as exc:
+            raw = vars(self).pop("_fit_input_shape", X.shape)
+            raise ValueError(
+                f"the classifier cannot run on images of shape {tuple(X.shape[1:])} (X as "
+                f"passed: {raw}): {exc}." + layout_hint(raw)) from exc
+        vars(self).pop("_fit_input_shape", None)
         for p in module.parameters():
             p.requires_grad_(False)
         layer = default_feature_layer(module) if self.feature_layer is None \
@@ -792,8 +866,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self.device_ = resolve_device(getattr(self, "device", "cpu"))
         with seeded(getattr(self, "random_state", None)) as rng:
             X, y = self._validate_fit_data(X, y)
-            _check_enough_images(X, "fit")
-            self._fit(X, y, rng)
+            try:
+                _check_enough_images(X, "fit")
+                self._fit(X, y, rng)
+            finally:
+                vars(self).pop("_fit_input_shape", None)
         return self
 
     def _check_threshold_data(self, n, rate, rule, held_out=True):

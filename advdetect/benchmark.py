@@ -29,14 +29,22 @@ import torch
 
 from .metrics import detection_report
 
-__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "parse_attack",
-           "prepare_benchmark", "run_benchmark", "to_markdown", "victim_recipe"]
+__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "QUICK", "parse_attack",
+           "prepare_benchmark", "run_benchmark", "to_markdown", "format_summary",
+           "victim_recipe"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
 DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
 #: Attacks of the full benchmark (CMAG Table 3, DAFAR 5.3, ANCHORS).
 FULL_ATTACKS = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0", "cw:9",
                 "cw:19", "cw:29", "deepfool", "jsma"]
+#: The one quick preset (``--quick`` of ``advdetect demo`` and ``advdetect benchmark``): a
+#: smoke run that checks the whole pipeline in about a minute on a 2-core CPU. Its figures
+#: are not measurements: tiny networks trained for a few epochs on 600 images.
+QUICK = dict(n_train=1000, n_test=200, n_attack=50, victim_epochs=8, detector_epochs=2,
+             attacks=["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0"])
+QUICK_BANNER = ("QUICK RUN: a smoke test at tiny sizes (1,000 training images, a few epochs); "
+                "its figures are not measurements of the detectors.")
 #: Detectors the benchmark knows, in table order.
 DETECTORS = ["cmag", "dafar", "magnet", "squeeze"]
 
@@ -416,8 +424,13 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
 def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
                   n_train=4000, n_test=1000, n_attack=500, victim_epochs=30,
                   detector_epochs=None, output=None, plots=True, cache_dir=None, verbose=1,
-                  log=print):
+                  log=print, quick=False):
     """Run the comparison and return its tables.
+
+    Every table is written to ``output`` as soon as it exists (the attack table
+    after the attacks, the timing table after each fit, the results after each
+    detector is scored), so an interrupted run keeps what it measured;
+    ``settings.json`` says ``"complete": false`` until the run has finished.
 
     Parameters
     ----------
@@ -453,6 +466,11 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     verbose : int, default=1
         Passed to the detectors and attacks (progress bars).
     log : callable, default=print
+    quick : bool, default=False
+        Mark the run as a smoke test (see :data:`QUICK`): a banner in the log and
+        in ``results.md``, ``"quick": true`` in ``settings.json``, and throughput
+        timed once instead of best of five. It does not change the sizes; pass
+        ``**QUICK`` for those.
 
     Returns
     -------
@@ -480,23 +498,38 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     ('fgsm:0.3', True)
     """
     started = time.perf_counter()
+    # Paths are recorded relative to the output folder: settings.json must not carry
+    # the layout of the machine it ran on.
+    cache_rel = cache_dir and (os.path.relpath(cache_dir, output) if output else cache_dir)
     settings = dict(dataset=dataset, attacks=list(attacks), detectors=list(detectors),
                     seed=seed, n_train=n_train, n_test=n_test, n_attack=n_attack,
                     victim_epochs=victim_epochs, detector_epochs=detector_epochs,
+                    quick=bool(quick), complete=False,
                     torch=torch.__version__, threads=torch.get_num_threads(),
                     device="cuda" if torch.cuda.is_available() else "cpu",
-                    python=platform.python_version(), cache_dir=cache_dir)
-    log("settings: " + json.dumps(settings))
+                    python=platform.python_version(), cache_dir=cache_rel)
+    if quick:
+        log(QUICK_BANNER)
+    log(f"running {len(detectors)} detectors x {len(attacks)} attacks on {dataset} "
+        f"(seed {seed}, {n_train} training / {n_test} test images, {n_attack} attacked)"
+        + (f"; writing to {output}/" if output else ""))
+    tables = {"attacks": pd.DataFrame(), "results": pd.DataFrame(), "timing": pd.DataFrame(),
+              "settings": settings, "detectors": {}}
+    writer = _TableWriter(output)
+    writer.settings(settings)
     prep = prepare_benchmark(dataset, attacks, seed=seed, n_train=n_train, n_test=n_test,
                              n_attack=n_attack, victim_epochs=victim_epochs,
                              cache_dir=cache_dir, verbose=verbose, log=log)
     X_tr, X_te, victim = prep["X_train"], prep["X_test"], prep["victim"]
     settings.update(victim_accuracy=prep["victim_accuracy"], victim_recipe=prep["victim_recipe"],
+                    victim_architecture=type(prep["victim"].module_).__name__,
                     n_train_actual=len(X_tr),
                     n_test_actual=len(X_te),
                     attack_params={k: _jsonable(r.params) for k, r in prep["results"].items()})
     adversarial = {spec: r.x_adv[r.success] for spec, r in prep["results"].items()}
-    attack_table = prep["attacks"]
+    attack_table = tables["attacks"] = prep["attacks"]
+    writer.settings(settings)
+    writer.table("attacks", attack_table)
 
     # Fit every detector on the same clean images; time fit and scoring.
     forward = victim.module_.eval()
@@ -510,15 +543,18 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         # The classifier's forward pass at the detector's own batch size, timed turn by
         # turn with the detector's scoring: the ratio compares like with like.
         ips, clf_ips = _throughputs(
-            [det.score_samples, lambda X, b=det.batch_size: batched(forward, X, b, device)], X_te)
+            [det.score_samples, lambda X, b=det.batch_size: batched(forward, X, b, device)], X_te,
+            repeats=1 if quick else 5)
         timing_rows.append(dict(detector=name, fit_seconds=fit_seconds, batch_size=det.batch_size,
                                 score_images_per_s=ips, classifier_images_per_s=clf_ips,
                                 cost_vs_classifier=clf_ips / ips))
+        writer.table("timing", pd.DataFrame(timing_rows))
         log(f"fitted {name} in {fit_seconds:.1f} s; scores {ips:.0f} images/s "
             f"({clf_ips / ips:.2f}x the classifier's forward pass)")
         fitted.update(_variants(name, det))
     fitted["Max softmax (floor)"] = _MaxSoftmax(victim, X_tr)
-    timing = pd.DataFrame(timing_rows)
+    timing = tables["timing"] = pd.DataFrame(timing_rows)
+    tables["detectors"] = fitted
 
     for spec in [spec for spec, X_adv in adversarial.items() if len(X_adv) == 0]:
         log(f"attack {spec}: no successful adversarial examples, so no detector is scored "
@@ -550,45 +586,98 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
             row["paper_detection_rate"] = PAPER_FIGURES.get((name, spec), np.nan)
             rows.append(row)
             curves[(name, spec)] = (y, dec)
-    results = pd.DataFrame(rows, columns=None if rows else [
-        "detector", "attack", "roc_auc", "detection_rate", "clean_fpr", "tpr_at_1_fpr",
-        "tpr_at_5_fpr", "n_adversarial", "paper_detection_rate"])
+        tables["results"] = _results_frame(rows)
+        writer.table("results", tables["results"])
+        writer.report(tables)
+    tables["results"] = _results_frame(rows)
     settings["wall_seconds"] = time.perf_counter() - started
-
-    tables = {"attacks": attack_table, "results": results, "timing": timing,
-              "settings": settings, "detectors": fitted}
-    if output:
-        os.makedirs(output, exist_ok=True)
-        attack_table.to_csv(os.path.join(output, "attacks.csv"), index=False)
-        results.to_csv(os.path.join(output, "results.csv"), index=False)
-        timing.to_csv(os.path.join(output, "timing.csv"), index=False)
-        with open(os.path.join(output, "settings.json"), "w") as fh:
-            json.dump(settings, fh, indent=2)
-        with open(os.path.join(output, "results.md"), "w") as fh:
-            fh.write(format_report(tables))
-        if plots:
-            from .plotting import save_benchmark_plots
-            save_benchmark_plots(output, curves, fitted, X_te, adversarial)
+    settings["complete"] = True
+    writer.settings(settings)
+    writer.table("results", tables["results"])
+    writer.report(tables)
+    if output and plots:
+        from .plotting import save_benchmark_plots
+        save_benchmark_plots(output, curves, fitted, X_te, adversarial)
     return tables
 
 
+_RESULT_COLUMNS = ["detector", "attack", "roc_auc", "detection_rate", "clean_fpr",
+                   "tpr_at_1_fpr", "tpr_at_5_fpr", "n_adversarial", "paper_detection_rate"]
+
+
+def _results_frame(rows):
+    return pd.DataFrame(rows, columns=None if rows else _RESULT_COLUMNS)
+
+
+class _TableWriter:
+    """Writes a benchmark's tables to ``folder`` as soon as each exists (no-op without one).
+
+    Each file is written to a temporary name and renamed, so a run interrupted
+    mid-write leaves the previous complete version, never a truncated file.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+
+    def _write(self, name, text):
+        if not self.folder:
+            return
+        path = os.path.join(self.folder, name)
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+
+    def settings(self, settings):
+        self._write("settings.json", json.dumps(settings, indent=2) + "\n")
+
+    def table(self, name, frame):
+        self._write(f"{name}.csv", frame.to_csv(index=False))
+
+    def report(self, tables):
+        self._write("results.md", format_report(tables))
+
+
+def _pivot(results, metric):
+    """One metric of the results as a detector x attack table, in run order."""
+    pivot = results.pivot(index="detector", columns="attack", values=metric)
+    pivot = pivot.reindex(index=list(dict.fromkeys(results["detector"])),
+                          columns=list(dict.fromkeys(results["attack"])))
+    pivot = pivot.reset_index()
+    if metric == "detection_rate":
+        fpr = results.groupby("detector", sort=False)["clean_fpr"].first()
+        pivot["clean FPR"] = pivot["detector"].map(fpr)
+    return pivot
+
+
 def format_report(tables):
-    """The benchmark's tables as one Markdown document."""
+    """The benchmark's tables as one Markdown document (what ``results.md`` holds).
+
+    Parameters
+    ----------
+    tables : dict
+        What :func:`run_benchmark` returns.
+
+    Returns
+    -------
+    str
+        The settings, the attack table, ROC-AUC, detection rates, the papers'
+        figures beside ours, mean per-sample metrics and timing, in Markdown.
+    """
     results = tables["results"]
     parts = ["## Settings", "", "```", json.dumps(tables["settings"], indent=2), "```", "",
              "## Attacks (successful examples only enter the detection tables)", "",
              to_markdown(tables["attacks"]), ""]
+    if tables["settings"].get("quick"):
+        parts = [f"**{QUICK_BANNER}**", ""] + parts
+    if not len(results):
+        parts += ["## Timing", "", to_markdown(tables["timing"], floatfmt=".2f"), ""]
+        return "\n".join(parts)
     for metric, title in [("roc_auc", "ROC-AUC"),
                           ("detection_rate", "Detection rate at the detector's own threshold"),
                           ("tpr_at_5_fpr", "Detection rate at 5 % clean FPR")]:
-        pivot = results.pivot(index="detector", columns="attack", values=metric)
-        pivot = pivot.reindex(index=list(dict.fromkeys(results["detector"])),
-                              columns=list(dict.fromkeys(results["attack"])))
-        pivot = pivot.reset_index()
-        if metric == "detection_rate":
-            fpr = results.groupby("detector", sort=False)["clean_fpr"].first()
-            pivot["clean FPR"] = pivot["detector"].map(fpr)
-        parts += [f"## {title}", "", to_markdown(pivot), ""]
+        parts += [f"## {title}", "", to_markdown(_pivot(results, metric)), ""]
     paper = results.dropna(subset=["paper_detection_rate"])
     if len(paper):
         parts += ["## Beside the papers' figures (detection rate)", "",
@@ -602,3 +691,57 @@ def format_report(tables):
                                                                        + extra]), ""]
     parts += ["## Timing", "", to_markdown(tables["timing"], floatfmt=".2f"), ""]
     return "\n".join(parts)
+
+
+def format_summary(tables, output=None):
+    """The headline of a benchmark for a terminal: what ran, the comparison, where the files are.
+
+    The full settings are in ``settings.json`` and every table in
+    ``results.md``; this is the short version that ``advdetect demo`` prints.
+
+    Parameters
+    ----------
+    tables : dict
+        What :func:`run_benchmark` returns.
+    output : str or None
+        The folder the tables were written to, named on the last line.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> tables = run_benchmark("digits", ["fgsm:0.3"], ["magnet"], n_train=200,
+    ...                        n_test=50, n_attack=20, victim_epochs=2,
+    ...                        detector_epochs=1, verbose=0, log=lambda *_: None)
+    >>> print(format_summary(tables).splitlines()[0])  # doctest: +ELLIPSIS
+    digits, seed 0: victim SmallCNN (...% test accuracy), 200 training / 50 test images, ...
+    """
+    s, results = tables["settings"], tables["results"]
+    arch = s.get("victim_architecture") or "victim"
+    lines = []
+    if s.get("quick"):
+        lines += [QUICK_BANNER, ""]
+    lines.append(f"{s['dataset']}, seed {s['seed']}: victim {arch} "
+                 f"({100 * s.get('victim_accuracy', float('nan')):.1f}% test accuracy), "
+                 f"{s.get('n_train_actual', s['n_train'])} training / "
+                 f"{s.get('n_test_actual', s['n_test'])} test images, "
+                 f"{len(s['attacks'])} attacks, {len(s['detectors'])} detectors"
+                 + (f", {s['wall_seconds']:.0f} s" if "wall_seconds" in s else ""))
+    lines.append("")
+    if len(results):
+        lines += ["ROC-AUC (adversarial = positive class):", "",
+                  to_markdown(_pivot(results, "roc_auc")), "",
+                  "Detection rate at each detector's own threshold, and its clean FPR:", "",
+                  to_markdown(_pivot(results, "detection_rate")), ""]
+    else:
+        lines += ["No attack produced adversarial examples: nothing to score.", ""]
+    if len(tables["timing"]):
+        timing = tables["timing"][["detector", "fit_seconds", "score_images_per_s",
+                                   "cost_vs_classifier"]]
+        lines += ["Cost:", "", to_markdown(timing, floatfmt=".2f"), ""]
+    if output:
+        lines.append(f"Written to {output}/: results.md (every table, with the settings), "
+                     "results.csv, attacks.csv, timing.csv, settings.json, plots (*.png).")
+    return "\n".join(lines)

