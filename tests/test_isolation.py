@@ -218,7 +218,7 @@ def test_seeded_training_attacks_and_datasets_leave_the_global_generators_alone(
     np.random.seed(3)
     before = _generator_states()
     load_digits(random_state=0)
-    load_arrays(X, y, random_state=0)
+    load_arrays(X, y, test_size=0.5, random_state=0)
     _assert_same_states(before, _generator_states())
     net = train_classifier(X, y, max_epochs=1, device="cpu", random_state=0)
     _assert_same_states(before, _generator_states())
