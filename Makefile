@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,docs]"
+	$(BIN)/python -m pip install -q -e ".[all,test,docs]"
 	touch $(STAMP)
 
 # Fashion-MNIST (CMAG Table 4) from Debian's package; needs root (CI runs as root).

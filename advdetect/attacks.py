@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ._extras import require
 from .base import as_logits, infer_output_kind, layout_hint, seeded, unwrap_classifier
 
 __all__ = ["ATTACKS", "CW_BACKENDS", "AttackResult", "carlini_wagner_l2", "check_adversarial",
@@ -833,6 +834,7 @@ def _build(name, params, victim, input_shape, n_classes, batch_size, device, rng
     """The function ``(x, y) -> x_adv`` running one batch of ``name``."""
     if name == "cw" and params["backend"] == "torch":
         return _torch_cw(victim, params, device)
+    require("art.estimators.classification", f"attack={name!r} (run through ART)")
     from art.estimators.classification import PyTorchClassifier
 
     art_clf = PyTorchClassifier(

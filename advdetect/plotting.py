@@ -11,12 +11,14 @@ import os
 
 import numpy as np
 
+from ._extras import require
+
 __all__ = ["plot_roc_curves", "plot_score_densities", "plot_reconstructions",
            "save_benchmark_plots"]
 
 
 def _pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib", "plotting")
 
     if os.environ.get("MPLBACKEND") is None:
         matplotlib.use("Agg")
