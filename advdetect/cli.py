@@ -10,6 +10,7 @@ as soon as it exists, so an interrupted run keeps what it measured.
 import argparse
 import json
 import sys
+import warnings
 
 from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, QUICK, format_summary,
                         run_benchmark)
@@ -91,11 +92,20 @@ def main(argv=None):
                      n_attack=args.n_attack, victim_epochs=args.victim_epochs,
                      detector_epochs=args.detector_epochs)
         kwargs.update({k: v for k, v in given.items() if v is not None})
-    tables = run_benchmark(**kwargs)
+    # Warnings (a threshold learned from few images, say) are gathered and printed once
+    # each after the tables, so that they neither bury the headline nor get lost.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = run_benchmark(**kwargs)
     if args.verbose:
         print("settings: " + json.dumps(tables["settings"], indent=2))
     print()
     print(format_summary(tables, args.output))
+    seen = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    if seen:
+        print(f"\n{len(seen)} warning(s) during the run:")
+        for text in seen:
+            print("  - " + text)
     return 0
 
 

@@ -250,3 +250,24 @@ def test_settings_record_the_cache_relative_to_the_output(tmp_path):
     recorded = json.loads((tmp_path / "out" / "settings.json").read_text())["cache_dir"]
     assert recorded == os.path.join("..", "cache") == tables["settings"]["cache_dir"]
     assert str(tmp_path) not in (tmp_path / "out" / "settings.json").read_text()
+
+
+def test_cli_prints_each_warning_once_after_the_tables(tmp_path, capsys, monkeypatch):
+    from advdetect import benchmark
+
+    real = benchmark.run_benchmark
+
+    def warning_run(**kwargs):
+        import warnings
+        for _ in range(3):
+            warnings.warn("few clean images for the threshold", UserWarning)
+        return real(**kwargs)
+
+    monkeypatch.setattr("advdetect.cli.run_benchmark", warning_run)
+    assert main(["benchmark", "--dataset", "digits", "--attacks", "fgsm:0.3", "--detectors",
+                 "magnet", "--n-train", "150", "--n-test", "40", "--n-attack", "20",
+                 "--victim-epochs", "2", "--detector-epochs", "1", "--output", str(tmp_path),
+                 "--no-plots", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("few clean images for the threshold") == 1
+    assert printed.index("ROC-AUC") < printed.index("warning(s) during the run")
