@@ -466,7 +466,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             layer = default_feature_layer(model, probe)
             plan_mirror_decoder(*trace_encoder(model, layer, probe), self.image_shape_,
                                 unpool=self.unpool)
-        except (MirrorError, ValueError):
+        except (ValueError, RuntimeError):  # MirrorError is a ValueError
             return advice + "."
         if layer == self.feature_layer_:
             return advice + "."
