@@ -175,8 +175,11 @@ def default_feature_layer(module, example_input=None):
 
         from torch.nn.modules.dropout import _DropoutNd
 
-        name = spatial_feature_layer(module, example_input,
-                                     skip=_SKIP_AS_FEATURE + (_DropoutNd,))
+        try:
+            name = spatial_feature_layer(module, example_input,
+                                         skip=_SKIP_AS_FEATURE + (_DropoutNd,))
+        except (RuntimeError, TypeError):  # a module that refuses hooks: use the names
+            name = None
         if name is not None:
             return name
     leaves = [(name, m) for name, m in module.named_modules()
