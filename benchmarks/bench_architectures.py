@@ -14,7 +14,13 @@ dense projection of the previous design would hold at these shapes
 (:func:`advdetect.nn.reconstructors.dense_projection_weights`; not built).
 
     python benchmarks/bench_architectures.py [--image-size 224] [--n-images 32]
-        [--width 64] [--n-classes 100] [--output docs/benchmarks/architectures]
+        [--width 64] [--n-classes 100] [--batch-size 128] [--report report.md]
+        [--output docs/benchmarks/architectures]
+
+With the default ``--batch-size`` (the detectors' own, 128), 32 images are one
+batch that inference pads to 128 (``advdetect.base.batched`` pads every short
+batch to ``batch_size`` so that scores do not depend on the batch); pass
+``--batch-size 32`` to measure without the padding.
 """
 
 import argparse
@@ -37,10 +43,13 @@ from advdetect.nn.reconstructors import dense_projection_weights
 
 name, size, n, width, n_classes, params = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
     int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
+batch_size = int(sys.argv[7])
 torch.manual_seed(0)
 victim = ResNet18(n_classes=n_classes, width=width).eval()
 X = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
 det = getattr(advdetect, name)(victim, device="cpu", random_state=0, max_epochs=1, **params)
+if batch_size:
+    det.set_params(batch_size=batch_size)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     t0 = time.perf_counter()
@@ -83,7 +92,10 @@ def main(argv=None):
     p.add_argument("--n-images", type=int, default=32)
     p.add_argument("--width", type=int, default=64, help="ResNet-18 width (torchvision: 64)")
     p.add_argument("--n-classes", type=int, default=100)
-    p.add_argument("--output", default=None, help="folder for report.md")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="detectors' batch_size (0: their default, 128)")
+    p.add_argument("--report", default="report.md", help="file name of the report")
+    p.add_argument("--output", default=None, help="folder for the report")
     args = p.parse_args(argv)
     settings = dict(vars(args), victim="advdetect.models.ResNet18 (ImageNet stem, untrained)",
                     fit="defaults, max_epochs=1 (DAFAR: anomaly_max_epochs=1), device=cpu",
@@ -96,7 +108,7 @@ def main(argv=None):
     for name, kw in RUNS:
         out = subprocess.run(
             [sys.executable, "-c", CHILD, name, str(args.image_size), str(args.n_images),
-             str(args.width), str(args.n_classes), json.dumps(kw)],
+             str(args.width), str(args.n_classes), json.dumps(kw), str(args.batch_size)],
             check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
@@ -117,13 +129,14 @@ def main(argv=None):
     print(table)
     text = (settings_block(settings) +
             f"## ResNet-18 at 3 x {args.image_size} x {args.image_size}, "
-            f"{args.n_images} images, one epoch\n\n"
+            f"{args.n_images} images, one epoch, batch_size "
+            f"{args.batch_size or 'default (128)'}\n\n"
             f"Classifier: {rows[0]['classifier_params']:,} parameters (not owned by the "
             "detectors, not trained). Every network the detectors own is listed.\n\n"
             + table + "\n")
     if notes:
         text += "\nWarnings during fit:\n\n" + "\n".join(f"* {w}" for w in notes) + "\n"
-    write(args.output, "report.md", text)
+    write(args.output, args.report, text)
 
 
 if __name__ == "__main__":
