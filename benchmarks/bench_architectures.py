@@ -15,7 +15,7 @@ dense projection of the previous design would hold at these shapes
 
     python benchmarks/bench_architectures.py [--image-size 224] [--n-images 32]
         [--width 64] [--n-classes 100] [--batch-size 128] [--report report.md]
-        [--output docs/benchmarks/architectures]
+        [--runs cmag dafar dafar-conv] [--output docs/benchmarks/architectures]
 
 With the default ``--batch-size`` (the detectors' own, 128), 32 images are one
 batch that inference pads to 128 (``advdetect.base.batched`` pads every short
@@ -80,10 +80,10 @@ print(json.dumps(dict(
     warnings=[str(w.message)[:300] for w in caught if issubclass(w.category, UserWarning)])))
 """
 
-RUNS = [("CMAGDetector", {}),
-        ("DAFARDetector", {"anomaly_max_epochs": 1}),
+RUNS = {"cmag": ("CMAGDetector", {}),
+        "dafar": ("DAFARDetector", {"anomaly_max_epochs": 1}),
         # The fallback for a layer that cannot be mirrored, chosen explicitly.
-        ("DAFARDetector", {"anomaly_max_epochs": 1, "decoder": "conv"})]
+        "dafar-conv": ("DAFARDetector", {"anomaly_max_epochs": 1, "decoder": "conv"})}
 
 
 def main(argv=None):
@@ -95,17 +95,19 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=0,
                    help="detectors' batch_size (0: their default, 128)")
     p.add_argument("--report", default="report.md", help="file name of the report")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     p.add_argument("--output", default=None, help="folder for the report")
     args = p.parse_args(argv)
     settings = dict(vars(args), victim="advdetect.models.ResNet18 (ImageNet stem, untrained)",
                     fit="defaults, max_epochs=1 (DAFAR: anomaly_max_epochs=1), device=cpu",
-                    runs=[f"{n} {kw}" for n, kw in RUNS], torch=torch.__version__,
+                    runs=[f"{n} {kw}" for n, kw in (RUNS[r] for r in args.runs)],
+                    torch=torch.__version__,
                     threads=torch.get_num_threads(), python=sys.version.split()[0],
                     load_average=os.getloadavg()[0],
                     command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
     print("settings: " + json.dumps(settings), flush=True)
     rows = []
-    for name, kw in RUNS:
+    for name, kw in (RUNS[r] for r in args.runs):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, name, str(args.image_size), str(args.n_images),
              str(args.width), str(args.n_classes), json.dumps(kw), str(args.batch_size)],
