@@ -175,23 +175,70 @@ _SKIP_AS_FEATURE = (torch.nn.Flatten, torch.nn.Dropout, torch.nn.Identity)
 _LINEAR = (torch.nn.Linear, torch.nn.LazyLinear)
 
 
-def default_feature_layer(module):
-    """Name of the layer whose output feeds the first fully connected layer.
+def default_feature_layer(module, example_input=None):
+    """Name of the layer whose output the detectors read by default.
 
-    That is the last feature-extraction layer (the output of the last
-    convolutional block of a CNN), taken in registration order, which PyTorch
-    models follow in ``nn.Sequential`` and in almost all hand-written
-    ``forward`` methods. For a network of fully connected layers only, it is
-    the layer feeding the last one (the penultimate representation).
+    With ``example_input`` (what the detectors pass: the first images given to
+    ``fit``), one forward pass is traced and the layer is the one whose output
+    is the **last feature map with spatial extent**: the last module output
+    that is 4-D with H x W > 1, which the head's flatten, global pooling or
+    first fully connected layer then reads. A 1 x 1 globally pooled output is
+    never chosen. Of the modules returning that very tensor, the layer itself is
+    named if it is called once, else the innermost enclosing module called once:
+    a residual block whose ReLU is called twice (torchvision's ``BasicBlock``)
+    names the block, ``"layer4.1"`` on a ResNet-18 at 224 x 224
+    (:func:`advdetect.nn.tracing.spatial_feature_layer`). On the package's own
+    networks this is the layer named without tracing: ``"features.pool2"`` for
+    :class:`~advdetect.models.MNISTCNN`, ``"head.relu9"`` for
+    :class:`~advdetect.models.CIFARCNN`, ``"features.pool1"`` for
+    :class:`~advdetect.models.SmallCNN`.
+
+    Without ``example_input``, or when no module returns such a feature map (a
+    network of fully connected layers, flat input), the rule reads the
+    registration order: the layer feeding the first fully connected layer,
+    skipping ``Flatten``, ``Dropout`` and ``Identity`` (for a network of fully
+    connected layers only, the layer feeding the last one).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    example_input : torch.Tensor or None, default=None
+        A small batch in the form ``module`` takes.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        When no layer qualifies (name one with ``feature_layer=...``).
 
     Examples
     --------
+    >>> import torch
     >>> import torch.nn as nn
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
     ...                     nn.Flatten(), nn.Linear(4 * 13 * 13, 10))
     >>> default_feature_layer(net)
     '2'
+    >>> gap = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 10))
+    >>> default_feature_layer(gap, torch.zeros(1, 1, 28, 28))
+    '1'
     """
+    if example_input is not None:
+        from .nn.tracing import spatial_feature_layer
+
+        from torch.nn.modules.dropout import _DropoutNd
+
+        try:
+            name = spatial_feature_layer(module, example_input,
+                                         skip=_SKIP_AS_FEATURE + (_DropoutNd,))
+        except (RuntimeError, TypeError):  # a module that refuses hooks: use the names
+            name = None
+        if name is not None:
+            return name
     leaves = [(name, m) for name, m in module.named_modules()
               if name and not list(m.children())]
     linear_at = [i for i, (_, m) in enumerate(leaves) if isinstance(m, _LINEAR)]
@@ -787,8 +834,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         vars(self).pop("_fit_input_shape", None)
         for p in module.parameters():
             p.requires_grad_(False)
-        layer = default_feature_layer(module) if self.feature_layer is None \
-            else self.feature_layer
+        layer = self.feature_layer if self.feature_layer is not None else \
+            default_feature_layer(module, probe.flatten(1) if self.flat_input_ else probe)
         hooked = HookedClassifier(module, layer, flat_input=self.flat_input_)
         features, scores = _probe(hooked, probe)
         if not torch.is_tensor(scores) or scores.ndim != 2 or scores.shape[1] < 2:

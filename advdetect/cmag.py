@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from .base import BaseDetector, as_logits, batched, train_module
-from .nn.reconstructors import ImageToImageReconstructor, VectorToImageDecoder
+from .nn.reconstructors import (ConvImageDecoder, ImageToImageReconstructor,
+                                VectorToImageDecoder, choose_design)
 from .nn.ssim import SSIMLoss, ssim
 
 __all__ = ["CMAGDetector"]
@@ -78,9 +79,17 @@ class CMAGDetector(BaseDetector):
         The protected classifier. ``fit`` works on a frozen deep copy; the
         object passed in is never modified.
     feature_layer : str or None, default=None
-        Dotted name of the layer whose output is f_fm(x). ``None``: the layer
-        that feeds the first fully connected layer (the output of the last
-        convolutional block).
+        Dotted name of the layer whose output is f_fm(x). ``None``: chosen from
+        one traced forward pass on the first training images, the layer whose
+        output is the classifier's last feature map with spatial extent (the
+        last 4-D output with H x W > 1, which the head's flatten, global
+        pooling or first fully connected layer reads; never a 1 x 1 pooled
+        output); a block whose ReLU is called twice is named as the block
+        (``"layer4.1"`` on a ResNet-18 at 224 x 224). On the package's own
+        victims that is the output of the last convolutional block
+        (``"features.pool2"`` for MNISTCNN). A classifier with no such output
+        (fully connected layers, flat input) gets the layer feeding its first
+        fully connected layer (:func:`~advdetect.base.default_feature_layer`).
     input_shape : tuple, "flat" or None, default=None
         Shape (C, H, W) of one image, needed for flat 2-D input. ``"flat"``
         treats each row of 2-D input as a vector (the classifier then receives
@@ -126,6 +135,20 @@ class CMAGDetector(BaseDetector):
         the paper does.
     width : int, default=32
         Channels of the reconstructors.
+    reconstructor : {"auto", "dense", "conv"}, default="auto"
+        Design of FMR and LR. ``"dense"``: a dense projection of the flattened
+        input to a quarter-resolution grid, then two stride-2 transposed
+        convolutions (:class:`~advdetect.nn.reconstructors.VectorToImageDecoder`);
+        its projection grows with the feature size times the pixel count.
+        ``"conv"``: convolutional from the feature map's own grid with stride-2
+        upsampling stages (LR: a small dense start to a seed grid of at most
+        7 x 7) (:class:`~advdetect.nn.reconstructors.ConvImageDecoder`);
+        its size grows with the channels only. ``"auto"``: ``"dense"`` where
+        the projection has at most 2**22 (4.2 M) weights
+        (:data:`~advdetect.nn.reconstructors.DENSE_MAX_WEIGHTS`), as on the
+        package's own victims at their default layers, ``"conv"`` above (a
+        ResNet-18 at 224 x 224: 1.4 M weights instead of 2.5 billion). GR
+        is convolutional in every case.
     max_epochs : int, default=30
         Training epochs of each of FMR, LR and GR.
     batch_size : int, default=128
@@ -146,7 +169,8 @@ class CMAGDetector(BaseDetector):
     classifier_ : HookedClassifier
         The frozen copy of the classifier, returning (f_fm(x), class scores).
     feature_layer_ : str
-        The layer read for FMR.
+        The layer read for FMR: ``feature_layer``, or the one chosen by the
+        traced forward pass described there.
     classifier_digest_ : str
         SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
         ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
@@ -216,7 +240,8 @@ class CMAGDetector(BaseDetector):
     def __init__(self, classifier=None, *, feature_layer=None, input_shape=None,
                  input_range=(0.0, 1.0), temperature=1.0, combine="hadamard", mu_fmr=0.5,
                  mu_lr=0.5, mu_gr=0.5, criterion="ssim", stage="fmr", confidence_test=True,
-                 threshold_quantile=0.01, validation_fraction=0.2, width=32, max_epochs=30, batch_size=128, lr=1e-3,
+                 threshold_quantile=0.01, validation_fraction=0.2, width=32, reconstructor="auto",
+                 max_epochs=30, batch_size=128, lr=1e-3,
                  optimizer=torch.optim.Adam, device="auto", random_state=None, verbose=0):
         self.classifier = classifier
         self.feature_layer = feature_layer
@@ -233,6 +258,7 @@ class CMAGDetector(BaseDetector):
         self.threshold_quantile = threshold_quantile
         self.validation_fraction = validation_fraction
         self.width = width
+        self.reconstructor = reconstructor
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -281,7 +307,7 @@ class CMAGDetector(BaseDetector):
     def _check_params(self):
         super()._check_params()
         choices = {"combine": ("hadamard", "mean"), "criterion": ("both", "ssim", "l2"),
-                   "stage": _STAGES + ("all",)}
+                   "stage": _STAGES + ("all",), "reconstructor": ("auto", "dense", "conv")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -316,10 +342,16 @@ class CMAGDetector(BaseDetector):
                                                    image_shape=shape, **kwargs))
 
         # Algorithm 1: the first-order reconstructors, then GR on their frozen outputs.
-        self.fmr_ = fit_stage("CMAG FMR", VectorToImageDecoder, feats, self.mu_fmr,
-                              in_features=feats.shape[1])
-        self.lr_ = fit_stage("CMAG LR", VectorToImageDecoder, soft, self.mu_lr,
-                             in_features=soft.shape[1])
+        def first_order(desc, inputs, mu, in_shape):
+            # The dense design where it is small (the package's own victims), the
+            # convolutional one where its projection would grow with H x W.
+            if choose_design(self.reconstructor, inputs.shape[1], shape, self.width) == "dense":
+                return fit_stage(desc, VectorToImageDecoder, inputs, mu,
+                                 in_features=inputs.shape[1])
+            return fit_stage(desc, ConvImageDecoder, inputs, mu, in_shape=in_shape)
+
+        self.fmr_ = first_order("CMAG FMR", feats, self.mu_fmr, self.feature_shape_)
+        self.lr_ = first_order("CMAG LR", soft, self.mu_lr, (soft.shape[1],))
         h = batched(lambda f, s: self._combine(self.fmr_(f), self.lr_(s)), (feats, soft),
                     self.batch_size, self.device_)
         self.gr_ = fit_stage("CMAG GR", ImageToImageReconstructor, h, self.mu_gr)

@@ -16,9 +16,10 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 
-from .base import BaseDetector, batched, train_module, writable
+from .base import BaseDetector, batched, default_feature_layer, train_module, writable
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
+from .nn.reconstructors import choose_design
 
 __all__ = ["DAFARDetector"]
 
@@ -61,9 +62,18 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         the object passed in is never modified.
     feature_layer : str or None, default=None
         Dotted name of the last layer of the encoder E (the "feedback
-        position", Section 5.1: any cut works). ``None``: the layer that feeds
-        the first fully connected layer. For :class:`~advdetect.models.CIFARCNN`
-        that is ``"head.relu9"``; the paper's E_C ends at ``"features.pool2"``.
+        position", Section 5.1: any cut works). ``None``: chosen from one
+        traced forward pass on the first training images, the layer whose
+        output is the classifier's last feature map with spatial extent (the
+        last 4-D output with H x W > 1, which the head's flatten, global
+        pooling or first fully connected layer reads; never a 1 x 1 pooled
+        output); a block whose ReLU is called twice is named as the block
+        (``"layer4.1"`` on a ResNet-18 at 224 x 224). On the package's own
+        victims that is the layer feeding the first fully connected layer: for
+        :class:`~advdetect.models.CIFARCNN` ``"head.relu9"``; the paper's E_C
+        ends at ``"features.pool2"``. A classifier with no such output (fully
+        connected layers, flat input) gets the layer feeding its first fully
+        connected layer (:func:`~advdetect.base.default_feature_layer`).
     input_shape : tuple, "flat" or None, default=None
         Shape (C, H, W) of one image, needed for flat 2-D input. ``"flat"``
         feeds the rows of 2-D input to the classifier as they are.
@@ -76,13 +86,25 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         and D are trained together on Eq. (7), reconstruction plus
         cross-entropy; ``fit`` then needs the class labels ``y`` (integers in
         ``range(n_classes)``), and ``classifier_`` is the jointly trained copy.
-    decoder : {"mirror", "dense"}, default="mirror"
-        ``"mirror"``: D mirrors E layer by layer (Conv2d -> ConvTranspose2d,
-        MaxPool2d -> max-unpooling, activations/dropout/normalisation skipped).
-        Encoders that cannot be mirrored (fully connected layers, flat input,
-        unknown shape-changing layers) fall back to ``"dense"`` with a
-        warning: a dense projection and transposed convolutions (a perceptron
-        for inputs under 4 px a side).
+    decoder : {"mirror", "dense", "conv"}, default="mirror"
+        ``"mirror"``: D mirrors E call by call, following one traced forward
+        pass (Conv2d -> ConvTranspose2d, MaxPool2d -> max-unpooling,
+        activations/dropout/normalisation skipped, a module called twice
+        mirrored twice, a residual block -> a residual decoder block with its
+        channel change and stride inverted,
+        :class:`~advdetect.nn.decoders.MirrorBlock`). Encoders that cannot be
+        mirrored (fully connected layers, flat input, unknown shape-changing
+        layers) fall back, with one warning per fit that names the module and
+        its call and what to pass instead, to ``"dense"`` where its projection
+        has at most 2**22 weights
+        (:data:`~advdetect.nn.reconstructors.DENSE_MAX_WEIGHTS`), else to
+        ``"conv"``. ``"dense"``: a dense projection to a quarter-resolution
+        grid and transposed convolutions (a perceptron for inputs under 4 px a
+        side); its size grows with the feature size times the pixel count.
+        ``"conv"``: convolutional from the feature map's own grid with stride-2
+        upsampling stages
+        (:class:`~advdetect.nn.decoders.ConvFeedbackDecoder`); its size grows
+        with the channels only.
     unpool : {"indices", "upsample"}, default="indices"
         How D inverts max-pooling: the paper's max-unpooling at the encoder's
         own argmax positions, or nearest-neighbour upsampling.
@@ -92,7 +114,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     anomaly_hidden : (int, int) or None, default=None
         Hidden sizes ``(h, b)`` of C. ``None``: Table 3's (256, 32) for 784 input
         values and (512, 64) for 3072, interpolated for other sizes
-        (:func:`~advdetect.nn.decoders.anomaly_hidden_sizes`).
+        (:func:`~advdetect.nn.decoders.anomaly_hidden_sizes`). Errors of more
+        than 4,096 values (images larger than CIFAR-10's) are read by C
+        average-pooled over k x k patches to at most 4,096 values, and C's
+        output is upsampled back (:func:`~advdetect.nn.decoders.anomaly_pool_factor`:
+        k = 7 at 3 x 224 x 224, where an unpooled C would hold 308 M weights).
     z : float, default=3.0
         Threshold alpha = mean + z * std of the clean calibration scores
         (paper: 3 for MNIST, 2 for CIFAR-10).
@@ -143,7 +169,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         D(E(.)), returning ``(reconstruction, class scores)``.
     feedback_decoder_ : torch.nn.Module
         The trained decoder D.
-    decoder_kind_ : {"mirror", "dense"}
+    decoder_kind_ : {"mirror", "dense", "conv"}
         The decoder actually built.
     anomaly_detector_ : ReconstructionErrorAutoencoder or None
         The trained C; None when ``use_anomaly_detector=False``.
@@ -166,7 +192,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         Their positions in the ``X`` given to ``fit``.
     n_calibration_ : int
     feature_layer_ : str
-        The last layer of the encoder.
+        The last layer of the encoder: ``feature_layer``, or the one chosen by
+        the traced forward pass described there.
     feature_shape_ : tuple
         Shape of E(x) for one image.
     n_classes_ : int
@@ -293,7 +320,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     # ------------------------------------------------------------ parameters
     def _check_params(self):
         super()._check_params()
-        choices = {"training": ("plugin", "joint"), "decoder": ("mirror", "dense"),
+        choices = {"training": ("plugin", "joint"), "decoder": ("mirror", "dense", "conv"),
                    "unpool": ("indices", "upsample"), "reconstruction_loss": ("l2", "squared")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -378,7 +405,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
                 torch.nn.MSELoss, desc="DAFAR anomaly detector", detector=self,
                 max_epochs=self.anomaly_max_epochs,
                 module_kwargs=dict(n_features=delta.shape[1], hidden=self.anomaly_hidden,
-                                   scale=None if lo_hi is None else lo_hi[1] - lo_hi[0]))
+                                   scale=None if lo_hi is None else lo_hi[1] - lo_hi[0],
+                                   image_shape=self.image_shape_))
         else:
             self.anomaly_detector_ = None
 
@@ -418,27 +446,46 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     def _plan_decoder(self, hooked, X):
         """Decoder spec (plain data for skorch) and the pooling layers it reads."""
         value_range = self._value_range
-        dense = dict(kind="dense", feature_shape=self.feature_shape_,
-                     image_shape=self.image_shape_, value_range=value_range)
-        self.decoder_kind_ = "dense"
-        if self.decoder == "dense":
-            return dense, []
+        n_features = int(np.prod(self.feature_shape_))
+        fallback = choose_design("auto", n_features, self.image_shape_)
+        if self.decoder != "mirror":
+            fallback = choose_design(self.decoder, n_features, self.image_shape_)
+        spec = dict(kind=fallback, feature_shape=self.feature_shape_,
+                    image_shape=self.image_shape_, value_range=value_range)
+        self.decoder_kind_ = fallback
+        if self.decoder != "mirror":
+            return spec, []
         probe = torch.as_tensor(writable(X[:2]), device=self.device_)
+        probe = probe.flatten(1) if self.flat_input_ else probe
         model = hooked.module
         try:
-            calls, later = trace_encoder(model, self.feature_layer_,
-                                         probe.flatten(1) if self.flat_input_ else probe)
-            steps, pool_names = plan_mirror_decoder(calls, later, self.image_shape_,
-                                                    unpool=self.unpool)
+            steps, pool_names = plan_mirror_decoder(
+                *trace_encoder(model, self.feature_layer_, probe), self.image_shape_,
+                unpool=self.unpool)
         except MirrorError as exc:
-            warnings.warn(f"decoder='mirror': cannot mirror the encoder ending at "
-                          f"{self.feature_layer_!r} ({exc}); using the dense decoder.",
-                          UserWarning, stacklevel=4)
-            return dense, []
+            warnings.warn(
+                f"decoder='mirror': cannot mirror the encoder ending at "
+                f"{self.feature_layer_!r}: {exc}. Using the {fallback} decoder instead; "
+                f"{self._mirror_advice(model, probe, fallback)}", UserWarning, stacklevel=4)
+            return spec, []
         self.decoder_kind_ = "mirror"
         spec = dict(kind="mirror", steps=steps, image_shape=self.image_shape_,
                     value_range=value_range)
         return spec, [model.get_submodule(n) for n in pool_names]
+
+    def _mirror_advice(self, model, probe, fallback):
+        """What to pass instead of an unmirrorable ``feature_layer``."""
+        advice = f"pass decoder={fallback!r} to choose it without this warning"
+        try:
+            layer = default_feature_layer(model, probe)
+            plan_mirror_decoder(*trace_encoder(model, layer, probe), self.image_shape_,
+                                unpool=self.unpool)
+        except (ValueError, RuntimeError):  # MirrorError is a ValueError
+            return advice + "."
+        if layer == self.feature_layer_:
+            return advice + "."
+        return f"pass feature_layer={layer!r} (the last feature map, which can be " \
+            f"mirrored) for a mirrored decoder, or {advice}."
 
     # -------------------------------------------------------------- forward
     def _anomaly_score(self, delta, use_c=None):

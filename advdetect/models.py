@@ -9,6 +9,9 @@
   convolutions by 1 so that the 32x32 input survives two poolings (8x8 maps).
 * :class:`SmallCNN` - a tiny network for small images (scikit-learn's 8x8
   digits) and fast tests.
+* :class:`ResNet18` - torchvision's ResNet-18 written out (the same layers and
+  state-dict names, so torchvision's weights load into it), for trying the
+  detectors on a residual network with global average pooling.
 
 Every network names its layers and splits them into ``features`` (the feature
 extraction layers E, whose output the detectors read by default) and ``head``
@@ -24,7 +27,7 @@ from torch import nn
 
 from .base import resolve_device, seeded, writable
 
-__all__ = ["MNISTCNN", "CIFARCNN", "SmallCNN", "RandomShift", "train_classifier"]
+__all__ = ["MNISTCNN", "CIFARCNN", "SmallCNN", "ResNet18", "RandomShift", "train_classifier"]
 
 
 def _conv_block(specs, in_channels, padding):
@@ -143,6 +146,95 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock``: conv-bn-relu-conv-bn, shortcut, relu.
+
+    As in torchvision, one ``self.relu`` is called twice in ``forward``, and
+    the shortcut is a 1x1 strided convolution with batch normalisation where
+    the block changes the channels or the resolution.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 in torchvision's layout (He et al. 2016), written out.
+
+    ``conv1`` (7x7, stride 2) - ``bn1`` - ``relu`` - ``maxpool`` - ``layer1`` ...
+    ``layer4`` (two :class:`BasicBlock` each, strides 1, 2, 2, 2) - ``avgpool``
+    (global) - ``fc``. The module and parameter names are torchvision's, so
+    ``load_state_dict`` takes the weights of ``torchvision.models.resnet18``
+    (at ``width=64``). torchvision itself is not needed.
+
+    Parameters
+    ----------
+    n_classes : int, default=10
+    in_channels : int, default=3
+    image_size : int, default=224
+        Not used (global pooling takes any size of 32 px and more); accepted
+        so that :func:`train_classifier` can build it.
+    width : int, default=64
+        Channels of ``layer1``; the stages have width, 2, 4 and 8 times it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ResNet18(n_classes=5, width=8)(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 5])
+    >>> sum(p.numel() for p in ResNet18(n_classes=1000).parameters())
+    11689512
+    """
+
+    def __init__(self, n_classes=10, in_channels=3, image_size=224, width=64):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, 1)
+        self.layer2 = self._make_layer(2 * width, 2)
+        self.layer3 = self._make_layer(4 * width, 2)
+        self.layer4 = self._make_layer(8 * width, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, n_classes)
+
+    def _make_layer(self, planes, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes))
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample),
+                  BasicBlock(planes, planes)]
+        self.inplanes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 class RandomShift:
     """Collate function that translates each training image by a random offset.
 
@@ -213,7 +305,7 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
         Images in [0, 1].
     y : array-like of shape (n_samples,)
         Integer class labels.
-    arch : {"auto", "mnist", "cifar", "small"} or nn.Module class, default="auto"
+    arch : {"auto", "mnist", "cifar", "small", "resnet18"} or nn.Module class, default="auto"
         ``"auto"``: :class:`MNISTCNN` for 1x28x28, :class:`CIFARCNN` for 3x32x32,
         :class:`SmallCNN` otherwise.
     max_epochs, batch_size, lr : training settings (Adam, cross-entropy).
@@ -277,7 +369,7 @@ def train_classifier(X, y, arch="auto", max_epochs=10, batch_size=128, lr=1e-3,
                              "pass one or the other")
         net_params["iterator_train__collate_fn"] = RandomShift(max_shift)
     shape = X.shape[1:]
-    modules = {"mnist": MNISTCNN, "cifar": CIFARCNN, "small": SmallCNN}
+    modules = {"mnist": MNISTCNN, "cifar": CIFARCNN, "small": SmallCNN, "resnet18": ResNet18}
     if arch == "auto":
         module = _pick_architecture(shape)
     elif isinstance(arch, str):

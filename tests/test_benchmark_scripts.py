@@ -45,3 +45,15 @@ def test_victims_script_smoke(tmp_path):
     assert table["recipe"].tolist() == ["benchmark", "plain"]
     assert table["test_accuracy"].between(0, 1).all() and (table["n_test"] > 0).all()
     assert "## Victim accuracy" in (tmp_path / "victims.md").read_text()
+
+
+def test_architectures_script_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_architectures.py"),
+                           "--image-size", "32", "--n-images", "4", "--width", "4",
+                           "--n-classes", "3", "--runs", "dafar", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("settings: {")
+    report = (tmp_path / "report.md").read_text()
+    assert "## Settings" in report and "feedback_decoder_ (FeedbackDecoder)" in report
+    assert "layer3.1 (16, 2, 2)" in report and "| True |" in report

@@ -339,7 +339,7 @@ def test_not_fitted_and_clone(digits_small):
 
 
 @pytest.mark.parametrize("param, value, match", [
-    ("training", "both", "training"), ("decoder", "conv", "decoder"),
+    ("training", "both", "training"), ("decoder", "deconv", "decoder"),
     ("unpool", "max", "unpool"), ("use_anomaly_detector", "yes", "use_anomaly_detector"),
     ("z", float("nan"), "z"), ("anomaly_max_epochs", 0, "anomaly_max_epochs"),
     ("anomaly_hidden", (8,), "anomaly_hidden"), ("reconstruction_loss", "l1",

@@ -6,15 +6,17 @@ Defending against Adversaries by Feedback-Autoencoder Reconstruction*,
 Section 4.4 and Tables 1-3.
 
 The decoder mirrors the classifier's own feature-extraction layers E. Their
-structure is read from one traced forward pass (:func:`trace_encoder`), so it
-works for any ``nn.Module`` whose layers are modules, not only the paper's
-victims: every ``Conv2d`` becomes a ``ConvTranspose2d`` with the same kernel,
-stride, padding and dilation and swapped channels, every ``MaxPool2d`` a
-max-unpooling at the encoder's own argmax positions (Table 2), and layers that
-keep the shape (activations, dropout, normalisation) are skipped. An encoder
-that cannot be mirrored (fully connected layers, flat input, unknown layers
-that change the shape, layers reused within the forward pass) gets the dense
-decoder instead.
+structure is read from one traced forward pass (:func:`trace_encoder`), call
+by call, so it works for any ``nn.Module`` whose layers are modules, not only
+the paper's victims: every ``Conv2d`` call becomes a ``ConvTranspose2d`` with
+the same kernel, stride, padding and dilation and swapped channels, every
+``MaxPool2d`` call a max-unpooling at the encoder's own argmax positions
+(Table 2), layers that keep the shape (activations, dropout, normalisation)
+are skipped, and a residual block becomes a residual decoder block
+(:class:`MirrorBlock`). An encoder that cannot be mirrored (fully connected
+layers, flat input, unknown layers that change the shape) gets a fallback
+decoder instead: the dense one where it is small, the convolutional one
+(:class:`ConvFeedbackDecoder`) where a dense projection would be large.
 """
 
 import contextlib
@@ -25,21 +27,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .reconstructors import OutputRange, VectorToImageDecoder
+from .reconstructors import ConvImageDecoder, OutputRange, VectorToImageDecoder
 
 __all__ = [
     "MirrorError",
+    "MirrorBlock",
     "trace_encoder",
     "plan_mirror_decoder",
     "FeedbackDecoder",
     "DenseFeedbackDecoder",
+    "ConvFeedbackDecoder",
     "make_feedback_decoder",
     "PoolingIndexRecorder",
     "FeedbackAutoencoder",
     "FeedbackLoss",
     "anomaly_hidden_sizes",
+    "anomaly_pool_factor",
     "ReconstructionErrorAutoencoder",
 ]
+
+#: Most error values that the anomaly detector C reads without pooling: 4096
+#: (CIFAR-10's 3072 and MNIST's 784 are read as the paper does).
+ANOMALY_MAX_FEATURES = 4096
 
 
 class MirrorError(ValueError):
@@ -53,11 +62,51 @@ def _shape(t):
     return tuple(int(s) for s in t.shape[1:]) if torch.is_tensor(t) else None
 
 
-def trace_encoder(model, feature_layer, x):
-    """Leaf layers that compute ``feature_layer``'s output, in execution order.
+def _feeds(prev_out, prev_version, call):
+    """Whether ``call`` reads the tensor ``prev_out`` exactly as it was returned."""
+    return bool(call.inputs) and call.inputs[0] is prev_out and \
+        call.in_versions[0] == prev_version
 
-    Runs ``model(x)`` once with forward hooks on every leaf module and records
-    each call until ``feature_layer`` has produced its output.
+
+def _is_chain(call, children, strict):
+    """Whether ``call``'s forward is its ``children`` applied one after the other.
+
+    Strict (a block inside the encoder): every child reads the tensor the one
+    before returned, untouched (an in-place ``out += identity`` between two
+    children bumps the tensor's version and breaks the chain), and the last
+    child's output is the call's output. Lenient (the network and the modules
+    around the cut, as before): shape-preserving functional operations between
+    children are allowed, but no child may read an older tensor (a branch).
+    """
+    if not children or any(c.n_inputs != 1 or not c.inputs for c in children):
+        return False
+    if strict:
+        prev, version = (call.inputs[0], call.in_versions[0]) if call.inputs else (None, None)
+        for c in children:
+            if not _feeds(prev, version, c):
+                return False
+            prev, version = c.output, c.out_version
+        return call.output is prev and call.out_version == version
+    seen = {id(t) for t in call.inputs[1:]}
+    for i, c in enumerate(children):
+        if i and id(c.inputs[0]) in seen and c.inputs[0] is not children[i - 1].output:
+            return False
+        seen.update(id(t) for t in c.inputs)
+        if torch.is_tensor(c.output):
+            seen.add(id(c.output))
+    return True
+
+
+def trace_encoder(model, feature_layer, x):
+    """The calls that compute ``feature_layer``'s output, in execution order.
+
+    Runs ``model(x)`` once with forward hooks on every module
+    (:func:`advdetect.nn.tracing.trace_calls`) and follows the recorded
+    *calls*: a module called twice (a reused ReLU) appears twice. Containers
+    whose forward chains their children (``nn.Sequential``) are opened; a
+    module that is not such a chain (a residual block: its shortcut reads the
+    block's input, or ``out += identity`` joins the branches) is one unit,
+    which :func:`plan_mirror_decoder` mirrors as a block.
 
     Parameters
     ----------
@@ -70,41 +119,66 @@ def trace_encoder(model, feature_layer, x):
     Returns
     -------
     calls : list of dict
-        ``name``, ``module``, ``in_shape`` and ``out_shape`` (per sample) of each
-        leaf call of the encoder.
+        ``name``, ``module``, ``n_inputs``, ``in_shape``, ``out_shape`` (per
+        sample), ``unit`` (True for a block mirrored as a whole), ``call``
+        (position in the forward pass, from 1) and ``n_calls`` (how often
+        the module is called in the whole pass) of each step of the encoder.
     later : set of str
         Names of the leaves called after the encoder (by the output layers F).
+
+    Raises
+    ------
+    MirrorError
+        When ``feature_layer`` is called more than once (the hook reads its
+        last call), is not called, or lies inside a block that is not a chain.
     """
+    from .tracing import trace_calls
+
     target = model.get_submodule(feature_layer)
-    calls, later = [], set()
-    done = False
+    root, recorded, counts = trace_calls(model, x, stop_after=target)
+    ends = [c for c in recorded if c.module is target]
+    if not ends:
+        raise MirrorError(f"feature_layer {feature_layer!r} is not called in the forward pass")
+    end = ends[0]
+    if counts.get(end.name, 1) > 1:
+        parent = end.name.rpartition(".")[0]
+        raise MirrorError(
+            f"feature_layer {feature_layer!r} is called {counts[end.name]} times in the forward "
+            f"pass and the hook reads its last call" + (
+                f"; name the module around it (feature_layer={parent!r})" if parent else ""))
+    path = set()
+    node = end
+    while node is not None:
+        path.add(id(node))
+        node = node.parent
 
-    def hook_for(name, module, is_leaf):
-        def hook(_module, inputs, output):
-            nonlocal done
-            if done:
-                if is_leaf:
-                    later.add(name)
-                return
-            if is_leaf:
-                first = inputs[0] if inputs else None
-                calls.append(dict(name=name, module=module, n_inputs=len(inputs),
-                                  in_shape=_shape(first), out_shape=_shape(output)))
-            if module is target:
-                done = True
-        return hook
+    def expand(call):
+        if call.leaf:
+            return [call]
+        on_path = id(call) in path and call is not end
+        children = call.children
+        if on_path:
+            # Only the children up to the one holding the cut belong to E.
+            last = max(i for i, c in enumerate(children) if id(c) in path)
+            children = children[:last + 1]
+        if _is_chain(call, children, strict=not on_path):
+            return [u for c in children for u in expand(c)]
+        if on_path:
+            raise MirrorError(
+                f"the cut {feature_layer!r} lies inside {call.name!r} "
+                f"({type(call.module).__name__}), whose forward is not a chain of its "
+                f"layers (a residual block): name {call.name!r} or a layer outside it")
+        return [call]
 
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            is_leaf = not list(module.children())
-            if (is_leaf and name) or module is target:
-                handles.append(module.register_forward_hook(hook_for(name, module, is_leaf)))
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    units = expand(root) if root is not end else [root]
+    calls = [dict(name=c.name, module=c.module, n_inputs=c.n_inputs, in_shape=c.in_shape,
+                  out_shape=c.out_shape, unit=not c.leaf, call=c.index,
+                  n_calls=counts.get(c.name, 1)) for c in units]
+    encoder = {c.name for c in recorded}
+    later = {n for n, k in counts.items() if n in encoder and k > sum(
+        1 for c in recorded if c.name == n)}
+    later |= {n for n in counts if n not in encoder and n and
+              not any(True for _ in model.get_submodule(n).children())}
     return calls, later
 
 
@@ -152,8 +226,23 @@ def _conv_step(conv, in_shape, out_shape):
                 output_padding=op, out_size=tuple(target))
 
 
+def _where(c):
+    return f"{c['name']!r} ({type(c['module']).__name__}, module call {c.get('call', '?')} of " \
+        "the forward pass)"
+
+
 def plan_mirror_decoder(calls, later, image_shape, unpool="indices"):
     """Decoder steps mirroring the traced encoder, in decoding order.
+
+    Every traced call is mirrored, so a module called twice is mirrored twice:
+    a ``Conv2d`` call becomes a ``ConvTranspose2d`` with the same kernel,
+    stride, padding and dilation and swapped channels, a ``MaxPool2d`` call a
+    max-unpooling at the encoder's argmax positions (paper Table 2), a
+    resizing pooling an upsampling, and shape-preserving layers (activations,
+    dropout, normalisation) nothing. A block traced as a unit (a residual
+    block) becomes a residual decoder block (:class:`MirrorBlock`) that
+    inverts its channel change and stride. A max-pooling layer called more than
+    once is inverted by upsampling (its argmax indices are kept per layer).
 
     Parameters
     ----------
@@ -175,14 +264,11 @@ def plan_mirror_decoder(calls, later, image_shape, unpool="indices"):
     Raises
     ------
     MirrorError
-        With the reason, when the encoder cannot be mirrored.
+        With the reason (which module, which call), when the encoder cannot
+        be mirrored.
     """
     if not calls:
         raise MirrorError("no layer of the encoder was traced")
-    names = [c["name"] for c in calls]
-    reused = sorted({n for n in names if names.count(n) > 1} | (set(names) & later))
-    if reused:
-        raise MirrorError(f"layers {reused} are called more than once in the forward pass")
     expected = tuple(image_shape)
     if calls[0]["in_shape"] != expected:
         raise MirrorError(f"the encoder's input has shape {calls[0]['in_shape']}, not the "
@@ -191,22 +277,29 @@ def plan_mirror_decoder(calls, later, image_shape, unpool="indices"):
     for c in calls:
         module, name = c["module"], c["name"]
         if c["n_inputs"] != 1 or c["in_shape"] is None or c["out_shape"] is None:
-            raise MirrorError(f"layer {name!r} ({type(module).__name__}) does not map one "
-                              "tensor to one tensor")
+            raise MirrorError(f"layer {_where(c)} does not map one tensor to one tensor")
         if c["in_shape"] != expected:
-            raise MirrorError(f"layer {name!r} receives shape {c['in_shape']} but the layer "
+            raise MirrorError(f"layer {_where(c)} receives shape {c['in_shape']} but the layer "
                               f"before it returned {expected} (an operation outside "
                               "modules changes the shape)")
         expected = c["out_shape"]
         ins, outs = c["in_shape"], c["out_shape"]
-        if isinstance(module, nn.Conv2d):
+        reused = c.get("n_calls", 1) > 1 or name in later
+        if c.get("unit"):
+            if len(ins) != 3 or len(outs) != 3:
+                raise MirrorError(f"block {_where(c)} maps {ins} to {outs}; only blocks of "
+                                  "feature maps (C, H, W) are mirrored")
+            stride = tuple(max(1, round(i / o)) for i, o in zip(ins[1:], outs[1:]))
+            steps.append(dict(op="block", in_channels=outs[0], out_channels=ins[0],
+                              stride=stride, out_size=tuple(ins[1:])))
+        elif isinstance(module, nn.Conv2d):
             if len(ins) != 3:
-                raise MirrorError(f"Conv2d {name!r} has unbatched input")
+                raise MirrorError(f"Conv2d {_where(c)} has unbatched input")
             steps.append(_conv_step(module, ins, outs))
         elif isinstance(module, nn.MaxPool2d):
             if module.return_indices:
-                raise MirrorError(f"MaxPool2d {name!r} returns indices")
-            if unpool == "indices":
+                raise MirrorError(f"MaxPool2d {_where(c)} returns indices")
+            if unpool == "indices" and not reused:
                 steps.append(dict(op="unpool", index=len(pool_layers),
                                   kernel_size=_pair(module.kernel_size),
                                   stride=_pair(module.stride or module.kernel_size),
@@ -221,8 +314,8 @@ def plan_mirror_decoder(calls, later, image_shape, unpool="indices"):
         elif ins == outs and _skippable(module):
             continue
         else:
-            raise MirrorError(f"layer {name!r} ({type(module).__name__}) has no mirror")
-    if not any(s["op"] == "conv" for s in steps):
+            raise MirrorError(f"layer {_where(c)} has no mirror")
+    if not any(s["op"] in ("conv", "block") for s in steps):
         raise MirrorError("the encoder has no convolution to mirror")
     return steps[::-1], pool_layers
 
@@ -262,6 +355,46 @@ def _transposed_conv(layer, z):
     return F.conv2d(z, weight, layer.bias, padding=pad, dilation=layer.dilation)
 
 
+class MirrorBlock(nn.Module):
+    """The mirror of a residual block: a residual decoder block.
+
+    ``ConvTranspose2d(3x3)`` - ReLU - ``ConvTranspose2d(3x3, stride s)`` mirrors
+    the block's two convolutions in reverse order, with its channel change and
+    stride inverted; the shortcut is the mirror of the block's projection
+    shortcut (a strided ``ConvTranspose2d(1x1)``) where the block changes the
+    channels or the resolution, the identity elsewhere. Outputs are cropped
+    or zero-padded to the block's input size.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the block's output and input (decoding runs backwards).
+    stride : (int, int)
+        The block's stride (input size over output size).
+    out_size : (int, int)
+        Spatial size of the block's input.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=(1, 1), out_size=None):
+        super().__init__()
+        stride = _pair(stride)
+        op = tuple(s - 1 for s in stride)
+        self.out_size = tuple(out_size) if out_size is not None else None
+        self.conv1 = nn.ConvTranspose2d(in_channels, in_channels, 3, padding=1)
+        self.conv2 = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=stride, padding=1,
+                                        output_padding=op)
+        self.shortcut = None if (stride == (1, 1) and in_channels == out_channels) else \
+            nn.ConvTranspose2d(in_channels, out_channels, 1, stride=stride, output_padding=op)
+
+    def forward(self, z):
+        size = self.out_size
+        y = _transposed_conv(self.conv2, F.relu(_transposed_conv(self.conv1, z)))
+        short = z if self.shortcut is None else self.shortcut(z)
+        if size is not None:
+            y, short = _match_size(y, size), _match_size(short, size)
+        return y + short
+
+
 class FeedbackDecoder(nn.Module):
     """The feedback decoder D that mirrors the encoder E (paper Table 2).
 
@@ -294,7 +427,7 @@ class FeedbackDecoder(nn.Module):
         self.steps = [dict(s) for s in steps]
         self.image_shape = tuple(image_shape)
         self.layers = nn.ModuleList()
-        convs = [i for i, s in enumerate(self.steps) if s["op"] == "conv"]
+        convs = [i for i, s in enumerate(self.steps) if s["op"] in ("conv", "block")]
         self._relu_after = set(convs[:-1])
         for s in self.steps:
             if s["op"] == "conv":
@@ -302,6 +435,9 @@ class FeedbackDecoder(nn.Module):
                     s["in_channels"], s["out_channels"], s["kernel_size"], stride=s["stride"],
                     padding=s["padding"], output_padding=s["output_padding"],
                     groups=s["groups"], dilation=s["dilation"])
+            elif s["op"] == "block":
+                layer = MirrorBlock(s["in_channels"], s["out_channels"], s["stride"],
+                                    s["out_size"])
             elif s["op"] == "unpool":
                 layer = nn.MaxUnpool2d(s["kernel_size"], s["stride"], s["padding"])
             elif s["op"] == "upsample":
@@ -314,8 +450,9 @@ class FeedbackDecoder(nn.Module):
     def forward(self, features, pool_indices=()):
         z = features
         for i, (step, layer) in enumerate(zip(self.steps, self.layers)):
-            if step["op"] == "conv":
-                z = _match_size(_transposed_conv(layer, z), step["out_size"])
+            if step["op"] in ("conv", "block"):
+                z = _transposed_conv(layer, z) if step["op"] == "conv" else layer(z)
+                z = _match_size(z, step["out_size"])
                 if i in self._relu_after:
                     z = F.relu(z)
             elif step["op"] == "unpool":
@@ -352,12 +489,40 @@ class DenseFeedbackDecoder(nn.Module):
         return self.net(features.flatten(1))
 
 
+class ConvFeedbackDecoder(nn.Module):
+    """The convolutional fallback decoder, for features too large for a dense projection.
+
+    :class:`~advdetect.nn.reconstructors.ConvImageDecoder` on the feature map's
+    own grid: its size depends on the feature channels, not on the pixel count
+    (from a ResNet-18's ``layer4`` at 224 x 224, 1.4 M weights; the dense
+    decoder would need 2.5 billion).
+
+    Parameters
+    ----------
+    feature_shape : tuple
+        Shape of one sample's features.
+    image_shape : tuple (C, H, W)
+    width : int, default=32
+    value_range : (float, float) or None, default=(0, 1)
+    """
+
+    def __init__(self, feature_shape, image_shape, width=32, value_range=(0.0, 1.0)):
+        super().__init__()
+        self.net = ConvImageDecoder(feature_shape, image_shape, width=width,
+                                    value_range=value_range)
+
+    def forward(self, features, pool_indices=()):
+        return self.net(features)
+
+
 def make_feedback_decoder(spec):
-    """Build a decoder from a plain-data ``spec`` (``kind`` "mirror" or "dense")."""
+    """Build a decoder from a plain-data ``spec`` (``kind`` "mirror", "dense" or "conv")."""
     spec = dict(spec)
     kind = spec.pop("kind")
     if kind == "mirror":
         return FeedbackDecoder(**spec)
+    if kind == "conv":
+        return ConvFeedbackDecoder(**spec)
     return DenseFeedbackDecoder(**spec)
 
 
@@ -550,6 +715,33 @@ def anomaly_hidden_sizes(n_features):
     return h, max(2, int(round(h / 8)))
 
 
+def anomaly_pool_factor(image_shape, max_features=ANOMALY_MAX_FEATURES):
+    """Average-pooling factor k of the errors C reads: 1 up to ``max_features`` values.
+
+    Table 3's C is fully connected on the flattened error: at 3 x 224 x 224
+    its first layer alone would hold 150,528 x 1,024 weights (154 M). For
+    images of more than ``max_features`` values, C reads the error averaged
+    over k x k patches, k the smallest integer that brings ``C * ceil(H / k)
+    * ceil(W / k)`` to ``max_features`` or fewer (k = 7 at 3 x 224 x 224:
+    3 x 32 x 32), and its reconstruction is upsampled back (nearest), so the
+    anomaly score ``||delta - C(delta)||_2`` keeps its form.
+
+    Examples
+    --------
+    >>> anomaly_pool_factor((1, 28, 28)), anomaly_pool_factor((3, 32, 32))
+    (1, 1)
+    >>> anomaly_pool_factor((3, 224, 224))
+    7
+    """
+    c, h, w = image_shape
+    if h < 4 or w < 4:
+        return 1
+    k = 1
+    while c * math.ceil(h / k) * math.ceil(w / k) > max_features:
+        k += 1
+    return k
+
+
 class ReconstructionErrorAutoencoder(nn.Module):
     """The anomaly detector C (paper Table 3): a fully connected autoencoder.
 
@@ -561,13 +753,23 @@ class ReconstructionErrorAutoencoder(nn.Module):
     ----------
     n_features : int
     hidden : (int, int) or None, default=None
-        ``(h, b)``; None: :func:`anomaly_hidden_sizes`.
+        ``(h, b)``; None: :func:`anomaly_hidden_sizes` of the values C reads.
     scale : float or None, default=1.0
         Output bound; None for unbounded errors (no Tanh).
+    image_shape : tuple (C, H, W) or None, default=None
+        Shape of the error as an image. Errors of more than 4,096 values are
+        read average-pooled (:func:`anomaly_pool_factor`) and C's output is
+        upsampled back; None, or smaller errors, read as they are (Table 3).
     """
 
-    def __init__(self, n_features, hidden=None, scale=1.0):
+    def __init__(self, n_features, hidden=None, scale=1.0, image_shape=None):
         super().__init__()
+        self.pool = 1 if image_shape is None else anomaly_pool_factor(image_shape)
+        self.image_shape = None if image_shape is None else tuple(image_shape)
+        if self.pool > 1:
+            c, hh, ww = self.image_shape
+            self.pooled_shape = (c, math.ceil(hh / self.pool), math.ceil(ww / self.pool))
+            n_features = math.prod(self.pooled_shape)
         h, b = hidden if hidden is not None else anomaly_hidden_sizes(n_features)
         self.net = nn.Sequential(
             nn.Linear(n_features, h), nn.ReLU(), nn.Linear(h, b), nn.ReLU(),
@@ -575,10 +777,18 @@ class ReconstructionErrorAutoencoder(nn.Module):
         self.scale = scale
 
     def forward(self, delta):
-        delta = delta.flatten(1)
-        if self.scale is None:
-            return self.net(delta)
-        # Errors of images on another range than [0, 1] are mapped to [-1, 1] on
-        # the way in too, so C sees what it sees for scaled images.
-        out = self.net(delta if self.scale == 1 else delta / self.scale)
-        return self.scale * torch.tanh(out)
+        if self.scale is not None and self.scale != 1:
+            # Errors of images on another range than [0, 1] are mapped to [-1, 1] on
+            # the way in too, so C sees what it sees for scaled images.
+            delta = delta / self.scale
+        if self.pool > 1:
+            k = self.pool
+            z = F.avg_pool2d(delta.reshape(len(delta), *self.image_shape), k, k,
+                             ceil_mode=True)
+            z = self.net(z.flatten(1)).view(len(delta), *self.pooled_shape)
+            # Nearest upsampling by k, cropped: each patch gets its pooled value back.
+            _, hh, ww = self.image_shape
+            out = z.repeat_interleave(k, -2).repeat_interleave(k, -1)[..., :hh, :ww].flatten(1)
+        else:
+            out = self.net(delta.flatten(1))
+        return out if self.scale is None else self.scale * torch.tanh(out)
