@@ -167,6 +167,8 @@ def test_dafar_mirrors_a_gap_residual_cnn_and_detects_fgsm(gap_victim, rgb_digit
     X_fit, X_test, y_test = X[:300], X[300:], y[300:]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
+        # (the threshold's sample-size warning is expected on 60 held-out images)
+        warnings.filterwarnings("ignore", message=".*needs at least")
         det = DAFARDetector(gap_victim, max_epochs=10, anomaly_max_epochs=5, batch_size=32,
                             device="cpu", random_state=0).fit(X_fit)
     assert det.feature_layer_ == "block2" and det.decoder_kind_ == "mirror"
@@ -250,6 +252,7 @@ def test_resnet18_at_224_fits_and_scores_quickly():
     params = dict(max_epochs=1, batch_size=4, device="cpu", random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*needs at least")
         dafar = DAFARDetector(net, anomaly_max_epochs=1, **params).fit(X)
     cmag = CMAGDetector(net, validation_fraction=0.5, **params).fit(X)
     assert dafar.decoder_kind_ == "mirror" and dafar.feature_layer_ == "layer4.1"
