@@ -632,26 +632,33 @@ def adaptive_pgd(module, decision, x, y, *, eps=0.3, norm=np.inf, max_iter=100, 
         xa, lam_a = x[active], lam[active]
         ever_fooled = torch.zeros(len(active), dtype=torch.bool, device=x.device)
         for run in range(restarts):
-            delta = torch.zeros_like(xa) if run == 0 else _random_start(xa, eps, norm, generator)
+            # The examples of this weight not yet successful; each leaves the working
+            # set at its first success (the attack's goal is met at this budget).
+            pos = torch.nonzero(~best_success[active]).flatten()
+            if len(pos) == 0:
+                break
+            xr, idx, lam_r = xa[pos], active[pos], lam_a[pos]
+            delta = torch.zeros_like(xr) if run == 0 else _random_start(xr, eps, norm, generator)
             for step in range(max_iter + 1):
                 delta.requires_grad_(True)
-                x_adv = xa + delta
-                cls_term, det_term, fooled, evaded = objective(x_adv, active)
+                x_adv = xr + delta
+                cls_term, det_term, fooled, evaded = objective(x_adv, idx)
                 with torch.no_grad():
                     ok = fooled & evaded
-                    ever_fooled |= fooled
+                    ever_fooled[pos] |= fooled
                     size = size_of(delta)
                     rank = 2 * ok.long() + (fooled & ~evaded).long()
-                    cur_rank, cur_size = best_rank[active], best_size[active]
+                    cur_rank, cur_size = best_rank[idx], best_size[idx]
                     better = (rank > cur_rank) | ((rank == cur_rank) & (size < cur_size))
-                    sel = active[better]
+                    sel = idx[better]
                     best[sel] = x_adv[better].detach()
                     best_success[sel] = ok[better]
                     best_rank[sel] = rank[better]
                     best_size[sel] = size[better]
-                if step == max_iter:
+                    keep = ~best_success[idx]
+                if step == max_iter or not keep.any():
                     break
-                loss = (cls_term + lam_a * det_term).sum()
+                loss = (cls_term + lam_r * det_term).sum()
                 (grad,) = torch.autograd.grad(loss, delta)
                 alpha = eps_step * 0.5 * (1 + math.cos(math.pi * step / max_iter))
                 with torch.no_grad():
@@ -659,7 +666,10 @@ def adaptive_pgd(module, decision, x, y, *, eps=0.3, norm=np.inf, max_iter=100, 
                         direction = grad.sign()
                     else:
                         direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-                    delta = _project(delta.detach() - alpha * direction, xa, eps, norm)
+                    delta = _project(delta.detach() - alpha * direction, xr, eps, norm)
+                    if not keep.all():
+                        xr, idx, lam_r, pos, delta = xr[keep], idx[keep], lam_r[keep], \
+                            pos[keep], delta[keep]
         lam[active], lower[active], upper[active] = _next_lambda(
             lam_a, lower[active], upper[active], ever_fooled)
     return best
