@@ -604,6 +604,22 @@ def adaptive_pgd(module, decision, x, y, *, eps=0.3, norm=np.inf, max_iter=100, 
     --------
     generate : runs this attack with ``detector=`` and re-checks every example
         through the public ``predict`` methods.
+
+    Examples
+    --------
+    A linear model and a "detector" that flags images brighter than 0.5 on
+    average; the examples must stay below it:
+
+    >>> import torch
+    >>> from advdetect.attacks import adaptive_pgd
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> decision = lambda x: 0.5 - x.flatten(1).mean(1)
+    >>> x = torch.tensor([[[[0.2, 0.6], [0.4, 0.5]]], [[[0.4, 0.1], [0.5, 0.3]]]])
+    >>> y = net(x).argmax(1)
+    >>> x_adv = adaptive_pgd(net, decision, x, y, eps=0.5, max_iter=20, restarts=1)
+    >>> ((net(x_adv).argmax(1) != y) & (decision(x_adv) >= 0)).tolist()
+    [True, True]
     """
     x = x.detach().clamp(0, 1)
     n = len(x)
@@ -723,6 +739,20 @@ def adaptive_carlini_wagner_l2(module, decision, x, y, *, confidence=0.0, max_it
     --------
     carlini_wagner_l2 : the attack on the classifier alone.
     generate : runs this attack with ``detector=`` and re-checks every example.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from advdetect.attacks import adaptive_carlini_wagner_l2
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> decision = lambda x: 0.5 - x.flatten(1).mean(1)
+    >>> x = torch.tensor([[[[0.2, 0.6], [0.4, 0.5]]], [[[0.4, 0.1], [0.5, 0.3]]]])
+    >>> y = net(x).argmax(1)
+    >>> x_adv = adaptive_carlini_wagner_l2(net, decision, x, y, max_iter=30,
+    ...                                    binary_search_steps=3)
+    >>> ((net(x_adv).argmax(1) != y) & (decision(x_adv) >= 0)).tolist()
+    [True, True]
     """
     n = len(x)
     x = x.detach().clamp(0, 1)

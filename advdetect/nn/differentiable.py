@@ -80,6 +80,21 @@ class DetectorDecision(nn.Module):
     flat rows reads them as it did in ``fit``). Unlike ``decision_function`` it
     does not validate or clip its input, and it returns float32 on the
     module's device, not float64 numpy: the two agree to about 1e-5.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from advdetect import FeatureSqueezingDetector
+    >>> from advdetect.models import SmallCNN
+    >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    >>> det = FeatureSqueezingDetector(SmallCNN(), device="cpu").fit(X)
+    >>> decision = det.to_torch()
+    >>> type(decision).__name__, decision.training
+    ('DetectorDecision', False)
+    >>> x = torch.from_numpy(X[:2]).requires_grad_(True)
+    >>> decision(x).sum().backward()    # BPDA through the squeezers
+    >>> bool(torch.isfinite(x.grad).all())
+    True
     """
 
     def __init__(self, scorer, offset, image_shape, modules):
