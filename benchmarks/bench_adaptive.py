@@ -13,6 +13,7 @@ Z_D = -decision from ``to_torch()``) attacked by ART's targeted ``CarliniL2Metho
 beside our detector-aware CW-L2 on the same images.
 
     python benchmarks/bench_adaptive.py --output docs/benchmarks/adaptive
+    python benchmarks/bench_adaptive.py --datasets fashion --cross-check '' --output ...
     python benchmarks/bench_adaptive.py --quick          # a smoke run on digits
 """
 
@@ -192,7 +193,8 @@ def main():
                 table.to_csv(os.path.join(args.output, "cross_check.csv"), index=False)
     print(f"wall time {time.perf_counter() - start:.0f} s; settings {settings['command']}")
     if args.output:
-        with open(os.path.join(args.output, "report.md"), "w") as fh:
+        name = "report.md" if len(args.datasets) > 1 else f"report_{args.datasets[0]}.md"
+        with open(os.path.join(args.output, name), "w") as fh:
             fh.write("\n".join(reports))
 
 
