@@ -1217,8 +1217,8 @@ def _resolve_adaptive_params(name, eps, attack_params):
             value = int(value)
         elif not isinstance(value, numbers.Real) or not math.isfinite(value) or \
                 (value <= 0 if key == "initial_lambda" else value < 0):
-            raise ValueError(f"{key} must be a {'positive' if key == 'initial_lambda' else 'non-negative'} "
-                             f"number; got {value!r}.")
+            kind = "positive" if key == "initial_lambda" else "non-negative"
+            raise ValueError(f"{key} must be a {kind} number; got {value!r}.")
         params[key] = value
     return params
 

@@ -656,9 +656,10 @@ def run_adaptive_benchmark(dataset="subset", detectors=DETECTORS, *, seed=0, n_t
     examples that are misclassified *and* not flagged (re-checked through
     ``predict``). The adaptive attacker keeps, per image, the detector-aware
     example if it succeeds and the plain one otherwise (``adaptive_bypass``);
-    ``detector_aware_bypass`` is the detector-aware attack alone. Rows are added for the max-softmax floor (Hendrycks & Gimpel
-    2017) and for no detector at all (the classifier's own robustness; its
-    adaptive column is the same PGD against a detector that flags nothing).
+    ``detector_aware_bypass`` is the detector-aware attack alone. Rows are
+    added for the max-softmax floor (Hendrycks & Gimpel 2017) and for no
+    detector at all (the classifier's own robustness; its adaptive column is
+    the same PGD against a detector that flags nothing).
 
     Parameters
     ----------
@@ -689,7 +690,8 @@ def run_adaptive_benchmark(dataset="subset", detectors=DETECTORS, *, seed=0, n_t
         ``"results"`` (DataFrame, one row per detector, FPR and budget:
         ``nonadaptive_bypass``, ``adaptive_bypass``, ``detector_aware_bypass``,
         ``detector_aware_fooled``, ``detector_aware_evaded``, ``mean_l2``,
-        ``mean_linf`` of the successful adaptive examples, ``seconds``), ``"settings"``, ``"detectors"`` and
+        ``mean_linf`` of the successful adaptive examples, ``seconds``),
+        ``"settings"``, ``"detectors"`` and
         ``"data"`` (victim and arrays, for a cross-check).
 
     Examples

@@ -132,8 +132,8 @@ def cross_check(tables, name, fpr, n, *, max_iter, binary_search_steps, log=prin
     rows.append(summary(f"ART DetectorClassifier + CarliniL2Method, targeted "
                         f"({binary_search_steps} x {max_iter} steps)", ok, l2, seconds))
     table = pd.DataFrame(rows)
-    text = (f"## Cross-check: {name}, thresholds at {fpr:.0%} clean FPR, {tables['settings']['dataset']}, "
-            f"first {len(X)} attacked images\n\nEvery bypass re-checked through the public "
+    text = (f"## Cross-check: {name}, thresholds at {fpr:.0%} clean FPR, "
+            f"{tables['settings']['dataset']}, first {len(X)} attacked images\n\nEvery bypass re-checked through the public "
             f"predict methods (victim misclassifies, detector passes).\n\n"
             + to_markdown(table) + "\n")
     return table, text
