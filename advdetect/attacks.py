@@ -32,8 +32,8 @@ import torch
 from ._extras import require
 from .base import as_logits, infer_output_kind, layout_hint, seeded, unwrap_classifier
 
-__all__ = ["ATTACKS", "CW_BACKENDS", "AttackResult", "carlini_wagner_l2", "check_adversarial",
-           "generate", "perturbation_norms"]
+__all__ = ["ATTACKS", "CW_BACKENDS", "AttackResult", "adaptive_carlini_wagner_l2", "adaptive_pgd",
+           "carlini_wagner_l2", "check_adversarial", "generate", "perturbation_norms"]
 
 #: The attacks :func:`generate` runs, each with the paper it implements.
 #: ``"cw_l2"`` is another name for ``"cw"``.
@@ -98,6 +98,14 @@ class AttackResult:
         Wall time of the attack, predictions and checks included.
     params : dict
         The settings used, defaults filled in (for a benchmark to print).
+    fooled_classifier : ndarray of shape (n,), bool, or None
+        Detector-aware attacks only (``generate(..., detector=...)``): the
+        example is misclassified and passes :func:`check_adversarial`.
+    evaded_detector : ndarray of shape (n,), bool, or None
+        Detector-aware attacks only: the detector's ``predict`` calls the
+        example clean (+1) at its current threshold (``offset_``). For these
+        attacks ``success = fooled_classifier & evaded_detector``, so
+        ``success_rate`` is the bypass rate.
     """
 
     attack: str
@@ -109,6 +117,8 @@ class AttackResult:
     linf: np.ndarray
     seconds: float
     params: dict = field(default_factory=dict)
+    fooled_classifier: np.ndarray = None
+    evaded_detector: np.ndarray = None
 
     @property
     def n_attacked(self):
@@ -459,6 +469,357 @@ def carlini_wagner_l2(module, x, y, *, confidence=0.0, max_iter=50, binary_searc
     return best_adv
 
 
+# --------------------------------------------------------------------------- #
+# Detector-aware (adaptive) attacks
+# --------------------------------------------------------------------------- #
+# An iterate counts as a success inside the loop only with this much room on
+# both sides, so that the float64 re-check through the public predict methods
+# (whose batches are padded and summed in another order) agrees.
+_ADAPTIVE_TOLERANCE = 1e-4
+# Bounds of the per-example weight of the detector term.
+_LAMBDA_RANGE = (1e-3, 1e4)
+
+
+def _class_margin(logits, y):
+    """``Z_y - max_{j != y} Z_j``: negative exactly when the input is misclassified."""
+    real = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return real - other
+
+
+class _AdaptiveObjective:
+    """The two terms of a detector-aware attack, each in units of its clean spread.
+
+    ``classifier_term = relu(margin(x') / m + kappa)`` and ``detector_term =
+    relu(kappa - decision(x') / s)``, where ``m`` and ``s`` are the median
+    absolute class margin and decision of the clean batch, so that a weight
+    ``lambda = 1`` balances them whatever the detector's units.
+    """
+
+    def __init__(self, module, decision, x, y, kappa):
+        self.module, self.decision, self.y, self.kappa = module, decision, y, kappa
+        with torch.no_grad():
+            m = _class_margin(module(x), y).abs().median()
+            s = decision(x).abs().median()
+        self.m_scale = float(m.clamp_min(1e-3))
+        self.d_scale = float(s.clamp_min(1e-6))
+
+    def __call__(self, x_adv, idx=None):
+        y = self.y if idx is None else self.y[idx]
+        margin = _class_margin(self.module(x_adv), y)
+        dec = self.decision(x_adv)
+        cls_term = (margin / self.m_scale + self.kappa).clamp_min(0)
+        det_term = (self.kappa - dec / self.d_scale).clamp_min(0)
+        fooled = margin < -_ADAPTIVE_TOLERANCE * self.m_scale
+        evaded = dec >= _ADAPTIVE_TOLERANCE * self.d_scale
+        return cls_term, det_term, fooled, evaded
+
+
+def _next_lambda(lam, lower, upper, raise_it):
+    """One step of a per-example geometric bisection on the detector weight."""
+    lower = torch.where(raise_it, torch.maximum(lower, lam), lower)
+    upper = torch.where(raise_it, upper, torch.minimum(upper, lam))
+    bisect = torch.sqrt(lower * upper)
+    lam = torch.where(raise_it, torch.where(torch.isinf(upper), lam * 10, bisect),
+                      torch.where(lower > 0, bisect, lam / 10))
+    return lam.clamp(*_LAMBDA_RANGE), lower, upper
+
+
+def _project(delta, x, eps, norm):
+    if norm == np.inf:
+        delta = delta.clamp(-eps, eps)
+    else:
+        size = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / size).clamp(max=1.0).view(-1, *[1] * (delta.ndim - 1))
+    return (x + delta).clamp(0, 1) - x
+
+
+def _random_start(x, eps, norm, generator):
+    shape, dev = x.shape, x.device
+    if norm == np.inf:
+        u = torch.rand(shape, generator=generator, device=dev)
+        return _project((2 * u - 1) * eps, x, eps, norm)
+    g = torch.randn(shape, generator=generator, device=dev)
+    g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.ndim - 1))
+    r = torch.rand(len(x), generator=generator, device=dev).view(-1, *[1] * (x.ndim - 1))
+    return _project(g * eps * r, x, eps, norm)
+
+
+def adaptive_pgd(module, decision, x, y, *, eps=0.3, norm=np.inf, max_iter=100, eps_step=None,
+                 restarts=2, lambda_steps=3, initial_lambda=1.0, kappa=0.05, random_state=None):
+    """Detector-aware PGD: fool the classifier *and* pass the detector, within ``eps``.
+
+    The adaptive attack of Carlini & Wagner ("Adversarial Examples Are Not
+    Easily Detected: Bypassing Ten Detection Methods", AISec 2017) and Tramèr
+    et al. ("On Adaptive Attacks to Adversarial Example Defenses", NeurIPS
+    2020), in the PGD form of Madry et al. (ICLR 2018). Each example
+    minimises, over ``||x' - x||_norm <= eps`` and ``x'`` in [0, 1],
+
+    ``relu(margin(x') / m + kappa) + lambda * relu(kappa - decision(x') / s)``
+
+    with ``margin = Z_y - max_{j != y} Z_j`` on the logits and ``decision``
+    the detector's decision function (negative = flagged), each divided by its
+    median absolute value on the clean batch (``m``, ``s``) so that
+    ``lambda = 1`` balances them. Steps are signed gradients (L-infinity) or
+    normalised gradients (L2) whose size follows a cosine schedule from
+    ``eps_step`` to 0.
+
+    Every iterate is checked; per example the attack keeps a success
+    (misclassified with ``decision >= 0``) first, then the smallest
+    perturbation (in ``norm``). ``restarts`` runs per weight, the first from
+    ``x`` itself and the others from uniform random points of the ball; the
+    weight ``lambda`` is then searched per example, geometrically, for the
+    examples not yet successful: raised when the example was misclassified
+    but flagged, lowered when it was never misclassified.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The classifier, returning logits (or log-probabilities), in eval mode.
+    decision : callable
+        Tensor ``(n, C, H, W)`` -> decision ``(n,)`` with autograd, e.g.
+        ``detector.to_torch()``.
+    x : Tensor of shape (n, C, H, W) in [0, 1]
+    y : Tensor of shape (n,), int64
+    eps : float, default=0.3
+    norm : {np.inf, 2}, default=np.inf
+    max_iter : int, default=100
+        Steps per run.
+    eps_step : float or None, default=None
+        First step size; None: ``eps / 4``.
+    restarts : int, default=2
+        Runs per value of ``lambda``.
+    lambda_steps : int, default=3
+        Values of ``lambda`` tried per example.
+    initial_lambda : float, default=1.0
+    kappa : float, default=0.05
+        Margin by which both goals are aimed past their boundary, in units of
+        the clean spreads.
+    random_state : int or None, default=None
+        Seed of the random starts.
+
+    Returns
+    -------
+    x_adv : Tensor like ``x``
+        The best example per input: a success if one was found, else the
+        smallest misclassified (flagged) iterate, else ``x`` itself.
+
+    See Also
+    --------
+    generate : runs this attack with ``detector=`` and re-checks every example
+        through the public ``predict`` methods.
+
+    Examples
+    --------
+    A linear model and a "detector" that flags images brighter than 0.5 on
+    average; the examples must stay below it:
+
+    >>> import torch
+    >>> from advdetect.attacks import adaptive_pgd
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> decision = lambda x: 0.5 - x.flatten(1).mean(1)
+    >>> x = torch.tensor([[[[0.2, 0.6], [0.4, 0.5]]], [[[0.4, 0.1], [0.5, 0.3]]]])
+    >>> y = net(x).argmax(1)
+    >>> x_adv = adaptive_pgd(net, decision, x, y, eps=0.5, max_iter=20, restarts=1)
+    >>> ((net(x_adv).argmax(1) != y) & (decision(x_adv) >= 0)).tolist()
+    [True, True]
+    """
+    x = x.detach().clamp(0, 1)
+    n = len(x)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    eps_step = eps / 4 if eps_step is None else float(eps_step)
+    objective = _AdaptiveObjective(module, decision, x, y, kappa)
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed(0 if random_state is None else int(random_state))
+    lam = torch.full((n,), float(initial_lambda), device=x.device)
+    lower = torch.zeros(n, device=x.device)
+    upper = torch.full((n,), math.inf, device=x.device)
+    best = x.clone()
+    best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
+    # Rank of the kept example: 2 success, 1 misclassified but flagged, 0 neither.
+    best_rank = torch.zeros(n, dtype=torch.int64, device=x.device)
+    best_size = torch.full((n,), math.inf, device=x.device)
+
+    def size_of(d):
+        f = d.flatten(1)
+        return f.abs().amax(dim=1) if norm == np.inf else f.norm(dim=1)
+
+    for _ in range(lambda_steps):
+        active = torch.nonzero(~best_success).flatten()
+        if len(active) == 0:
+            break
+        xa, lam_a = x[active], lam[active]
+        ever_fooled = torch.zeros(len(active), dtype=torch.bool, device=x.device)
+        for run in range(restarts):
+            # The examples of this weight not yet successful; each leaves the working
+            # set at its first success (the attack's goal is met at this budget).
+            pos = torch.nonzero(~best_success[active]).flatten()
+            if len(pos) == 0:
+                break
+            xr, idx, lam_r = xa[pos], active[pos], lam_a[pos]
+            delta = torch.zeros_like(xr) if run == 0 else _random_start(xr, eps, norm, generator)
+            for step in range(max_iter + 1):
+                delta.requires_grad_(True)
+                x_adv = xr + delta
+                cls_term, det_term, fooled, evaded = objective(x_adv, idx)
+                with torch.no_grad():
+                    ok = fooled & evaded
+                    ever_fooled[pos] |= fooled
+                    size = size_of(delta)
+                    rank = 2 * ok.long() + (fooled & ~evaded).long()
+                    cur_rank, cur_size = best_rank[idx], best_size[idx]
+                    better = (rank > cur_rank) | ((rank == cur_rank) & (size < cur_size))
+                    sel = idx[better]
+                    best[sel] = x_adv[better].detach()
+                    best_success[sel] = ok[better]
+                    best_rank[sel] = rank[better]
+                    best_size[sel] = size[better]
+                    keep = ~best_success[idx]
+                if step == max_iter or not keep.any():
+                    break
+                loss = (cls_term + lam_r * det_term).sum()
+                (grad,) = torch.autograd.grad(loss, delta)
+                alpha = eps_step * 0.5 * (1 + math.cos(math.pi * step / max_iter))
+                with torch.no_grad():
+                    if norm == np.inf:
+                        direction = grad.sign()
+                    else:
+                        direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+                    delta = _project(delta.detach() - alpha * direction, xr, eps, norm)
+                    if not keep.all():
+                        xr, idx, lam_r, pos, delta = xr[keep], idx[keep], lam_r[keep], \
+                            pos[keep], delta[keep]
+        lam[active], lower[active], upper[active] = _next_lambda(
+            lam_a, lower[active], upper[active], ever_fooled)
+    return best
+
+
+def adaptive_carlini_wagner_l2(module, decision, x, y, *, confidence=0.0, max_iter=100,
+                               binary_search_steps=6, initial_const=1.0, learning_rate=0.1,
+                               initial_lambda=1.0, kappa=0.05, abort_early=True):
+    """Detector-aware Carlini-Wagner L2: the smallest L2 example that fools both.
+
+    Carlini & Wagner, "Adversarial Examples Are Not Easily Detected:
+    Bypassing Ten Detection Methods", AISec 2017 (Section 4: attacking the
+    classifier and the detector together), on the L2 attack of their S&P 2017
+    paper. Each example minimises, over ``x' = (tanh(w) + 1) / 2``,
+
+    ``||x' - x||_2^2 + c * (relu(margin(x') + confidence)
+    + lambda * m * relu(kappa - decision(x') / s))``
+
+    with ``margin = Z_y - max_{j != y} Z_j``, ``decision`` the detector's
+    decision function (negative = flagged), ``m`` and ``s`` the median
+    absolute margin and decision of the clean batch. Two per-example searches
+    run side by side over ``binary_search_steps`` rounds of ``max_iter`` Adam
+    steps: ``c`` as in :func:`carlini_wagner_l2` (halved towards the last
+    success, times 10 while the example is never misclassified) and
+    ``lambda`` (times 10 when it was misclassified but always flagged). Each
+    example keeps its smallest-L2 success; an example never successful keeps
+    its smallest misclassified (but flagged) example, or ``x`` itself.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Logits (or log-probabilities), eval mode.
+    decision : callable
+        Tensor -> decision ``(n,)`` with autograd, e.g. ``detector.to_torch()``.
+    x : Tensor of shape (n, C, H, W) in [0, 1]
+    y : Tensor of shape (n,), int64
+    confidence : float, default=0.0
+    max_iter : int, default=100
+    binary_search_steps : int, default=6
+    initial_const : float, default=1.0
+    learning_rate : float, default=0.1
+    initial_lambda : float, default=1.0
+    kappa : float, default=0.05
+    abort_early : bool, default=True
+
+    Returns
+    -------
+    Tensor like ``x``
+
+    See Also
+    --------
+    carlini_wagner_l2 : the attack on the classifier alone.
+    generate : runs this attack with ``detector=`` and re-checks every example.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from advdetect.attacks import adaptive_carlini_wagner_l2
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    >>> decision = lambda x: 0.5 - x.flatten(1).mean(1)
+    >>> x = torch.tensor([[[[0.2, 0.6], [0.4, 0.5]]], [[[0.4, 0.1], [0.5, 0.3]]]])
+    >>> y = net(x).argmax(1)
+    >>> x_adv = adaptive_carlini_wagner_l2(net, decision, x, y, max_iter=30,
+    ...                                    binary_search_steps=3)
+    >>> ((net(x_adv).argmax(1) != y) & (decision(x_adv) >= 0)).tolist()
+    [True, True]
+    """
+    n = len(x)
+    x = x.detach().clamp(0, 1)
+    objective = _AdaptiveObjective(module, decision, x, y, kappa)
+    w0 = torch.atanh((2 * x - 1) * (1 - _TANH_SHRINK))
+    const = torch.full((n,), float(initial_const), device=x.device)
+    lam = torch.full((n,), float(initial_lambda), device=x.device)
+    lower = torch.zeros(n, device=x.device)
+    upper = torch.full((n,), math.inf, device=x.device)
+    best_l2 = torch.full((n,), math.inf, device=x.device)
+    best_adv = x.clone()
+    # Kept when no success is found: the smallest misclassified (flagged) example.
+    fallback_l2 = torch.full((n,), math.inf, device=x.device)
+    fallback = x.clone()
+    check_every = max(max_iter // 10, 1)
+
+    for _ in range(binary_search_steps):
+        w = w0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([w], lr=learning_rate)
+        found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        ever_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        previous = math.inf
+        for step in range(max_iter):
+            x_new = (torch.tanh(w) + 1) / 2
+            cls_term, det_term, fooled, evaded = objective(x_new)
+            # The classifier term in logits (CW's f6 with its confidence).
+            margin_term = ((cls_term - objective.kappa) * objective.m_scale
+                           + confidence).clamp_min(0)
+            l2 = (x_new - x).pow(2).flatten(1).sum(dim=1)
+            attack = margin_term + lam * objective.m_scale * det_term
+            loss = l2.sum() + (const * attack).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                ok = fooled & evaded
+                found |= ok
+                ever_fooled |= fooled
+                better = ok & (l2 < best_l2)
+                best_l2 = torch.where(better, l2, best_l2)
+                best_adv[better] = x_new[better].detach()
+                near = fooled & ~evaded & (l2 < fallback_l2)
+                fallback_l2 = torch.where(near, l2, fallback_l2)
+                fallback[near] = x_new[near].detach()
+            if abort_early and step % check_every == check_every - 1:
+                if loss.item() > previous * 0.9999:
+                    break
+                previous = loss.item()
+        with torch.no_grad():
+            flagged = ever_fooled & ~found
+            lam = torch.where(flagged, (lam * 10).clamp(max=_LAMBDA_RANGE[1]), lam)
+            # c: bisect towards the last success; raise it while never misclassified.
+            upper = torch.where(found, torch.minimum(upper, const), upper)
+            lower = torch.where(~found & ~ever_fooled, torch.maximum(lower, const), lower)
+            const = torch.where(found | flagged,
+                                torch.where(torch.isinf(upper), const, (lower + upper) / 2),
+                                torch.where(torch.isinf(upper), const * 10,
+                                            (lower + upper) / 2))
+    never = torch.isinf(best_l2)
+    best_adv[never] = fallback[never]
+    return best_adv
+
+
 # name -> (budget norm param or None, defaults, builder, backend kind)
 # Defaults may be callables of the parameters resolved so far (eps-relative ones).
 _SPECS = {
@@ -651,7 +1012,7 @@ def _validate(X, y, batch_size, verbose):
 # The interface
 # --------------------------------------------------------------------------- #
 def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_correct=True,
-             random_state=None, verbose=0, **attack_params):
+             random_state=None, verbose=0, detector=None, **attack_params):
     """Generate adversarial examples for ``X`` and check each one.
 
     Parameters
@@ -683,6 +1044,23 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
         call gives the same examples on the CPU.
     verbose : {0, 1}, default=0
         1 shows a tqdm progress bar over batches.
+    detector : fitted detector, torch module, or None, default=None
+        None: attack the classifier alone (the attacks below, unchanged).
+        Given, the attack is *detector-aware* (adaptive): ``"pgd"`` runs
+        :func:`adaptive_pgd` and ``"cw"`` :func:`adaptive_carlini_wagner_l2`
+        through ``detector.to_torch()`` (or the module itself: a callable
+        mapping images to the decision ``(n,)``, negative = flagged), and an
+        example succeeds only if it is misclassified **and** not flagged at
+        the detector's current threshold (``offset_``, as set by ``fit`` or
+        ``calibrate``), re-checked through the detector's public ``predict``.
+        The result's ``fooled_classifier`` and ``evaded_detector`` say which
+        part held. Settings and defaults: ``"pgd"``: ``eps=0.3``,
+        ``norm=np.inf`` (or 2), ``max_iter=100``, ``eps_step=eps/4``
+        (cosine-annealed to 0), ``restarts=2``, ``lambda_steps=3``,
+        ``initial_lambda=1``, ``kappa=0.05``; ``"cw"``: ``confidence=0``,
+        ``max_iter=100``, ``binary_search_steps=6``, ``initial_const=1``,
+        ``learning_rate=0.1``, ``abort_early=True``, ``initial_lambda=1``,
+        ``kappa=0.05``. Other attacks raise ``ValueError``.
     **attack_params
         The attack's settings (below); an unknown name raises ``TypeError``.
 
@@ -780,6 +1158,9 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     if not isinstance(attack, str) or attack.lower() not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {list(ATTACKS)}.")
     name = _ALIASES.get(attack.lower(), attack.lower())
+    if detector is not None:
+        return _generate_adaptive(classifier, X, y, name, eps, detector, batch_size,
+                                  only_correct, random_state, verbose, attack_params, start_time)
     X, y = _validate(X, y, batch_size, verbose)
     params = _resolve_params(name, eps, attack_params, X.shape[1:])
 
@@ -828,6 +1209,139 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     return AttackResult(attack=name, x_adv=x_adv, success=success, attacked=attacked,
                         y_pred_adv=y_pred_adv, l2=l2, linf=linf,
                         seconds=time.perf_counter() - start_time, params=params)
+
+
+# The detector-aware attacks of ``generate(..., detector=...)``: name -> settings of
+# the base attack (with the adaptive defaults) and the adaptive-only settings.
+_ADAPTIVE_DEFAULTS = {
+    "pgd": dict(base={"norm": np.inf, "max_iter": 100, "eps_step": None},
+                own={"restarts": 2, "lambda_steps": 3, "initial_lambda": 1.0, "kappa": 0.05}),
+    "cw": dict(base={"confidence": 0.0, "max_iter": 100, "binary_search_steps": 6,
+                     "initial_const": 1.0, "learning_rate": 0.1, "abort_early": True},
+               own={"initial_lambda": 1.0, "kappa": 0.05}),
+}
+
+
+def _resolve_adaptive_params(name, eps, attack_params):
+    if name not in _ADAPTIVE_DEFAULTS:
+        raise ValueError(f"attack {name!r} has no detector-aware form; with detector=..., "
+                         f"choose one of {sorted(_ADAPTIVE_DEFAULTS)}.")
+    spec = _ADAPTIVE_DEFAULTS[name]
+    unknown = sorted(set(attack_params) - set(spec["base"]) - set(spec["own"]))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {unknown} for the detector-aware attack "
+                        f"{name!r}; it accepts {sorted({**spec['base'], **spec['own']})}.")
+    base = {k: attack_params.get(k, v) for k, v in spec["base"].items()}
+    if name == "pgd":
+        base["norm"] = _check_norm(base["norm"])
+        if base["eps_step"] is None:
+            base["eps_step"] = (0.3 if eps is None else eps) / 4
+    # The base attack's own validation (eps positive and finite, norm, ...).
+    params = _resolve_params(name, eps, base)
+    params.pop("num_random_init", None)
+    params.pop("backend", None)
+    for key, default in spec["own"].items():
+        value = attack_params.get(key, default)
+        if key in ("restarts", "lambda_steps"):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+            value = int(value)
+        elif not isinstance(value, numbers.Real) or not math.isfinite(value) or \
+                (value <= 0 if key == "initial_lambda" else value < 0):
+            kind = "positive" if key == "initial_lambda" else "non-negative"
+            raise ValueError(f"{key} must be a {kind} number; got {value!r}.")
+        params[key] = value
+    return params
+
+
+def _detector_decision(detector):
+    """The differentiable decision of ``detector`` and its public re-check."""
+    if hasattr(detector, "to_torch"):
+        module = detector.to_torch()
+    elif callable(detector):
+        module = detector
+    else:
+        raise TypeError(f"detector must be a fitted advdetect detector (with to_torch()) or a "
+                        f"torch module returning the decision (n,); got "
+                        f"{type(detector).__name__}.")
+
+    def evaded(x_adv, batch_size, device):
+        if hasattr(detector, "predict") and hasattr(detector, "to_torch"):
+            return np.asarray(detector.predict(x_adv)) == 1
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x_adv), batch_size):
+                xb = torch.as_tensor(x_adv[start:start + batch_size], device=device)
+                out.append(module(xb).cpu().numpy() >= 0)
+        return np.concatenate(out)
+    return module, evaded
+
+
+def _generate_adaptive(classifier, X, y, name, eps, detector, batch_size, only_correct,
+                       random_state, verbose, attack_params, start_time):
+    """``generate`` with ``detector=``: the detector-aware attacks."""
+    X, y = _validate(X, y, batch_size, verbose)
+    params = _resolve_adaptive_params(name, eps, attack_params)
+    decision, evaded_fn = _detector_decision(detector)
+    module = unwrap_classifier(classifier)
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+
+    with _attack_mode(module), _seeded(random_state) as rng:
+        with torch.no_grad():
+            probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
+            dprobe = decision(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
+        if probe.ndim != 2:
+            raise ValueError(f"the classifier must return class scores of shape (n, n_classes); "
+                             f"got {tuple(probe.shape)}.")
+        if dprobe.ndim != 1 or len(dprobe) != len(probe):
+            raise ValueError(f"the detector's decision must have shape (n,); got "
+                             f"{tuple(dprobe.shape)}.")
+        n_classes = int(probe.shape[1])
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"y holds labels outside 0..{n_classes - 1}, the classifier's "
+                             "classes.")
+        victim = _LogProbabilities(module) if infer_output_kind(probe) == "proba" else module
+        y_pred = _predict(victim, X, batch_size, device)
+        attacked = (y_pred == y) if only_correct else np.ones(len(X), dtype=bool)
+        idx = np.flatnonzero(attacked)
+        seed = int(rng.integers(0, 2**31 - 1))
+        own = {k: params[k] for k in _ADAPTIVE_DEFAULTS[name]["own"]}
+        x_adv = X.copy()
+        batches = range(0, len(idx), batch_size)
+        if verbose:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc=f"adaptive {name}", unit="batch")
+        for start in batches:
+            sel = idx[start:start + batch_size]
+            xt = torch.as_tensor(X[sel], device=device)
+            yt = torch.as_tensor(y[sel], device=device)
+            if name == "pgd":
+                out = adaptive_pgd(victim, decision, xt, yt, eps=params["eps"],
+                                   norm=params["norm"], max_iter=params["max_iter"],
+                                   eps_step=params["eps_step"], random_state=seed + start, **own)
+            else:
+                out = adaptive_carlini_wagner_l2(
+                    victim, decision, xt, yt, **{k: params[k] for k in _ADAPTIVE_DEFAULTS["cw"]
+                                                 ["base"]}, **own)
+            x_adv[sel] = out.detach().cpu().numpy().reshape(X[sel].shape)
+        y_pred_adv = y_pred.copy()
+        y_pred_adv[idx] = _predict(victim, np.nan_to_num(x_adv[idx]), batch_size, device)
+
+    budget = _SPECS[name]["budget"]
+    fooled = check_adversarial(X, x_adv, y, y_pred_adv,
+                               norm=params.get("norm", np.inf) if budget else None,
+                               eps=params["eps"] if budget else None) & attacked
+    evaded = np.zeros(len(X), dtype=bool)
+    if len(idx):
+        evaded[idx] = evaded_fn(np.nan_to_num(x_adv[idx]), batch_size, device)
+    l2, linf = perturbation_norms(X, x_adv)
+    params = dict(params, detector=type(detector).__name__,
+                  offset=float(getattr(decision, "offset", getattr(detector, "offset_", 0.0))))
+    return AttackResult(attack=name, x_adv=x_adv, success=fooled & evaded, attacked=attacked,
+                        y_pred_adv=y_pred_adv, l2=l2, linf=linf,
+                        seconds=time.perf_counter() - start_time, params=params,
+                        fooled_classifier=fooled, evaded_detector=evaded)
 
 
 def _build(name, params, victim, input_shape, n_classes, batch_size, device, rng):

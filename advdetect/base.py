@@ -1124,6 +1124,82 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.quantile(scores, fpr, method="lower"))
         return self
 
+    # ------------------------------------------------------ differentiable
+    def _score_torch(self, x):
+        """The score of a batch ``(n, C, H, W)`` with autograd (see :meth:`to_torch`).
+
+        The hook a detector overrides when its ``_score_batch`` is not
+        differentiable (Feature Squeezing) or computes more than the score.
+        """
+        return self._score_batch(x)["score"]
+
+    def to_torch(self):
+        """The decision function as a differentiable, frozen ``torch.nn.Module``.
+
+        For adaptive attacks (Carlini & Wagner 2017, "Adversarial examples are
+        not easily detected"; Tramèr et al. 2020), which optimise through the
+        detector, and for using a detector inside a torch pipeline (on a GPU, or
+        in ART, foolbox or torchattacks).
+
+        The contract, for every detector: the module is on the detector's
+        device, in eval mode, with ``requires_grad=False`` on every parameter;
+        ``forward(x)`` maps a float32 tensor ``(n, C, H, W)`` in the detector's
+        input range (or flat rows ``(n, C*H*W)``, reshaped to the fitted
+        ``image_shape_``; a detector fitted with ``input_shape="flat"`` has
+        ``image_shape_ = (1, 1, d)``) to the decision ``score - offset_`` of
+        shape ``(n,)``, float32, equal to :meth:`decision_function` within
+        1e-4, with a gradient with respect to ``x``. The module holds a copy of
+        the fitted state taken now (networks, thresholds, ``offset_``), so a
+        later ``fit``, ``calibrate`` or ``recalibrate`` does not change it: call
+        ``to_torch`` again after moving the threshold. Input is not validated
+        or clipped, unlike ``decision_function``.
+
+        A detector provides its differentiable score through ``_score_torch(x)``
+        (by default the ``"score"`` of ``_score_batch``); where a step is not
+        differentiable, the detector's docstring says which approximation the
+        gradient uses.
+
+        Returns
+        -------
+        advdetect.nn.differentiable.DetectorDecision
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            When the detector is not fitted.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from advdetect import MagNetDetector
+        >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+        >>> det = MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X)
+        >>> decision = det.to_torch()
+        >>> x = torch.from_numpy(X[:4]).requires_grad_(True)
+        >>> out = decision(x)
+        >>> out.shape, bool(np.allclose(out.detach().numpy(), det.decision_function(X[:4]),
+        ...                             atol=1e-4))
+        (torch.Size([4]), True)
+        >>> out.sum().backward(); x.grad.shape
+        torch.Size([4, 1, 8, 8])
+        """
+        from .nn.differentiable import DetectorDecision
+
+        check_is_fitted(self)
+        classifier = getattr(self, "classifier", None)
+        # The detector's own copy of everything fitted; the user's classifier is shared.
+        memo = {} if classifier is None else {id(classifier): classifier}
+        snapshot = copy.deepcopy(self, memo)
+        snapshot._eval_mode()
+        modules = {}
+        for name, value in vars(snapshot).items():
+            if isinstance(value, torch.nn.Module):
+                modules[name] = value
+            elif isinstance(value, dict):
+                modules.update({f"{name}_{k}": v for k, v in value.items()
+                                if isinstance(v, torch.nn.Module)})
+        return DetectorDecision(snapshot, self.offset_, self.image_shape_, modules)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = getattr(self, "random_state", None) is None

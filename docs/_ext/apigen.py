@@ -22,6 +22,7 @@ PUBLIC_SUBMODULES = [
     "advdetect.plotting",
     "advdetect.benchmark",
     "advdetect.nn.ssim",
+    "advdetect.nn.differentiable",
 ]
 
 #: One line under each module's heading; the module docstrings are longer.
@@ -36,6 +37,7 @@ SUMMARIES = {
     "advdetect.plotting": "Figures of detectors and reconstructions.",
     "advdetect.benchmark": "The side-by-side benchmark.",
     "advdetect.nn.ssim": "Batched, differentiable SSIM in torch.",
+    "advdetect.nn.differentiable": "Detectors as differentiable torch modules (to_torch).",
 }
 
 OUTPUT = "gen_modules"
