@@ -1287,7 +1287,7 @@ def _generate_adaptive(classifier, X, y, name, eps, detector, batch_size, only_c
     first = next(module.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
 
-    with _attack_mode(module), _seeded(random_state) as rng:
+    with _attack_mode(module), seeded(random_state) as rng:
         with torch.no_grad():
             probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
             dprobe = decision(torch.as_tensor(X[:min(len(X), batch_size)], device=device))

@@ -191,7 +191,8 @@ def test_cli_prints_the_headline_first_and_settings_only_when_verbose(tmp_path, 
     assert lines[0].startswith("digits, seed 0: victim SmallCNN")
     assert lines[1].startswith("ROC-AUC")
     assert '"n_train"' not in printed and "## Settings" not in printed
-    assert str(tmp_path) in lines[-1] and "settings.json" in lines[-1]
+    written = [line for line in lines if line.startswith("Written to")]
+    assert len(written) == 1 and str(tmp_path) in written[0] and "settings.json" in written[0]
     assert len(lines) < 25
     # The full settings are in the file, and on the terminal only when asked for.
     assert json.loads((tmp_path / "settings.json").read_text())["n_train"] == 150
