@@ -47,6 +47,11 @@ def _parser():
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and few epochs: a smoke run")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.add_argument("--n-jobs", type=int, default=None,
+                       help="fit the detectors in this many parallel processes (-1: all cores)")
+    bench.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="fit the detectors on this dask.distributed scheduler "
+                            "(tcp://host:8786; needs advdetect[distributed])")
     return parser
 
 
@@ -61,7 +66,8 @@ def main(argv=None):
         kwargs.update(dataset=args.dataset, attacks=args.attacks, detectors=args.detectors,
                       n_train=args.n_train, n_test=args.n_test, n_attack=args.n_attack,
                       victim_epochs=args.victim_epochs, detector_epochs=args.detector_epochs,
-                      plots=not args.no_plots, cache_dir=args.cache_dir)
+                      plots=not args.no_plots, cache_dir=args.cache_dir,
+                      n_jobs=args.n_jobs, scheduler=args.scheduler)
     if args.quick:
         kwargs.update(QUICK)
         if args.command == "demo":

@@ -246,3 +246,20 @@ def test_fit_reads_a_dataloader_as_the_array(digits):
     from_array = MagNetDetector(**FAST).fit(X[:200])
     np.testing.assert_array_equal(from_loader.score_samples(X[200:300]),
                                   from_array.score_samples(X[200:300]))
+
+
+# --------------------------------------------------------------------------- #
+# The benchmark's parallel fits
+# --------------------------------------------------------------------------- #
+def test_benchmark_with_n_jobs_equals_sequential(one_thread):
+    """Fits in 2 joblib worker processes (one torch thread each, as here) change nothing."""
+    from advdetect.benchmark import run_benchmark
+
+    kw = dict(n_train=150, n_test=40, n_attack=20, victim_epochs=3, detector_epochs=1,
+              verbose=0, plots=False, log=lambda *_: None)
+    sequential = run_benchmark("digits", ["fgsm:0.3"], ["magnet", "squeeze"], **kw)
+    parallel = run_benchmark("digits", ["fgsm:0.3"], ["magnet", "squeeze"], n_jobs=2, **kw)
+    assert parallel["settings"]["n_jobs"] == 2
+    assert len(sequential["results"]) > 2
+    assert parallel["results"].equals(sequential["results"])
+    assert list(parallel["timing"]["detector"]) == ["MagNet", "Feature Squeezing"]
