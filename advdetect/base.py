@@ -740,7 +740,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -753,7 +756,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -766,7 +772,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -779,7 +788,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------

@@ -21,6 +21,7 @@ PUBLIC_SUBMODULES = [
     "advdetect.persistence",
     "advdetect.plotting",
     "advdetect.benchmark",
+    "advdetect.parallel",
     "advdetect.nn.ssim",
 ]
 
@@ -35,6 +36,7 @@ SUMMARIES = {
     "advdetect.persistence": "Saving and loading fitted detectors, with no code run on load.",
     "advdetect.plotting": "Figures of detectors and reconstructions.",
     "advdetect.benchmark": "The side-by-side benchmark.",
+    "advdetect.parallel": "Torch threads on dask.distributed workers (searches on a cluster).",
     "advdetect.nn.ssim": "Batched, differentiable SSIM in torch.",
 }
 
