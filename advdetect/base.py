@@ -880,6 +880,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             return {_CUDA_STATE: buffer.getvalue()}
         return state
 
+    def __copy__(self):
+        # A shallow copy shares the networks, on any device (copy.copy would
+        # otherwise go through __getstate__ and copy a CUDA detector's networks).
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
+
     def __setstate__(self, state):
         blob = state.get(_CUDA_STATE) if isinstance(state, dict) else None
         if blob is not None:
