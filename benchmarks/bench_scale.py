@@ -7,7 +7,9 @@ x ``mu_fmr``) x 3 folds of :class:`~advdetect.model_selection.CleanTrainSplit`
 on the MNIST subset (clean test images and their FGSM 0.2 examples), scored by
 ROC-AUC, run three ways: sequentially with torch on one thread (the reference
 whose float sums the workers repeat), sequentially with torch on all cores (the
-fair wall-time baseline), and through joblib's dask backend on a 2-worker
+fair wall-time baseline on an idle machine; ``--sequential-threads 1`` leaves it
+out: on an oversubscribed machine torch's thread pool spins and that run takes
+hours), and through joblib's dask backend on a 2-worker
 ``LocalCluster`` (processes, one thread each, torch threads set by
 :func:`advdetect.parallel.set_torch_threads`). Reported: wall seconds and
 whether ``cv_results_`` (every split's score) and ``best_params_`` are equal.
@@ -116,7 +118,6 @@ def run_grid(args, log=print):
     victim, X, y, groups = _grid_data(args.n_train, args.n_search, args.victim_epochs, args.seed)
     det = CMAGDetector(FrozenEstimator(victim), max_epochs=args.epochs, batch_size=128,
                        device="cpu", random_state=args.seed)
-    cores = len(os.sched_getaffinity(0))
 
     def search(n_jobs):
         gs = GridSearchCV(det, GRID, scoring=roc_auc_scorer, cv=CleanTrainSplit(n_splits=3),
@@ -127,8 +128,8 @@ def run_grid(args, log=print):
 
     runs = {}
     threads_before = torch.get_num_threads()
-    for label, threads in [("sequential, torch 1 thread", 1),
-                           (f"sequential, torch {cores} threads", cores)]:
+    for threads in sorted(set([1] + args.sequential_threads)):
+        label = f"sequential, torch {threads} thread" + ("s" if threads > 1 else "")
         torch.set_num_threads(threads)
         runs[label] = search(1)
         log(f"{label}: {runs[label][1]:.1f} s")
@@ -225,6 +226,9 @@ def main(argv=None):
     p.add_argument("--victim-epochs", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2, help="CMAG's max_epochs per network")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--sequential-threads", type=int, nargs="+", default=None,
+                   help="torch threads of the sequential runs besides the 1-thread reference "
+                        "(default: the cores)")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--detectors", nargs="+", default=["MagNetDetector", "CMAGDetector"])
     p.add_argument("--max-n-slow", type=int, default=1_000_000,
@@ -232,6 +236,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--tmp", default=tempfile.gettempdir(), help="folder for the memmap file")
     args = p.parse_args(argv)
+    if args.sequential_threads is None:
+        args.sequential_threads = [len(os.sched_getaffinity(0))]
     import torch
 
     settings = dict(vars(args), grid=GRID, torch=torch.__version__,
