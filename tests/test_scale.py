@@ -263,3 +263,18 @@ def test_benchmark_with_n_jobs_equals_sequential(one_thread):
     assert len(sequential["results"]) > 2
     assert parallel["results"].equals(sequential["results"])
     assert list(parallel["timing"]["detector"]) == ["MagNet", "Feature Squeezing"]
+
+
+def test_cli_passes_n_jobs_and_scheduler(monkeypatch):
+    from advdetect import cli
+
+    seen = {}
+
+    def fake_run_benchmark(**kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "run_benchmark", fake_run_benchmark)
+    with pytest.raises(SystemExit):
+        cli.main(["benchmark", "--n-jobs", "2", "--scheduler", "tcp://scheduler:8786"])
+    assert seen["n_jobs"] == 2 and seen["scheduler"] == "tcp://scheduler:8786"
