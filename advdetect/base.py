@@ -10,6 +10,7 @@ of images). The base gives them the scikit-learn outlier API around those.
 import contextlib
 import contextvars
 import copy
+import io
 import numbers
 import os
 import sys
@@ -23,6 +24,8 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from skorch.callbacks import Callback
+
+from . import _streaming
 
 __all__ = [
     "BaseDetector",
@@ -73,6 +76,19 @@ def resolve_device(device):
                       RuntimeWarning, stacklevel=3)
         return "cpu"
     return device
+
+
+# Key of the packed state of a detector pickled with CUDA tensors (see __getstate__).
+_CUDA_STATE = "_advdetect_cuda_state"
+
+
+def _holds_cuda(state):
+    """Whether a detector's ``__dict__`` holds CUDA tensors (fitted on CUDA, or a CUDA module)."""
+    if str(state.get("device_", "cpu")).startswith("cuda"):
+        return True
+    module = state.get("classifier")
+    return isinstance(module, torch.nn.Module) and any(
+        t.is_cuda for t in list(module.parameters()) + list(module.buffers()))
 
 
 def _seed_from(random_state):
@@ -680,6 +696,18 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             return self._check_images(X, reset=False)
         return self._validate_fit_data(X, None)[0]
 
+    def _stream_images(self, X):
+        """``_validate_images(X, reset=False)``, one batch at a time where that is needed.
+
+        A ``numpy.memmap``, a large array, a torch ``Dataset`` or ``DataLoader``
+        is validated and read batch by batch as scoring consumes it (see
+        :mod:`advdetect._streaming`); anything else is validated whole.
+        """
+        if _streaming.streams(X, self.batch_size):
+            return _streaming.StreamedImages(
+                X, lambda batch: self._check_images(batch, reset=False), self.batch_size)
+        return self._validate_images(X, reset=False)
+
     def _validate_fit_data(self, X, y):
         """``fit``'s ``(images, y)``, adversarial rows left out under the outlier convention.
 
@@ -911,6 +939,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         self.device_ = resolve_device(getattr(self, "device", "cpu"))
+        # A torch Dataset or DataLoader is read whole, before seeding: a DataLoader
+        # draws its workers' base seed from torch's generator.
+        X, y = _streaming.materialize(X, y)
         with seeded(getattr(self, "random_state", None)) as rng:
             X, y = self._validate_fit_data(X, y)
             try:
@@ -973,7 +1004,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ``every=True`` every metric the detector reports (``_all_metrics_batch``).
         """
         check_is_fitted(self)
-        X = self._validate_images(X, reset=False)
+        X = self._stream_images(X)
         self._eval_mode()
         keys = None
         score_batch = self._all_metrics_batch if every else self._score_batch
@@ -1007,7 +1038,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -1020,7 +1054,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -1033,7 +1070,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -1046,7 +1086,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+            A memory map, Dataset or DataLoader (of images or ``(images,
+            labels)``) is read and validated one batch at a time
+            (:ref:`scaling`).
 
         Returns
         -------
@@ -1208,6 +1251,45 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ persistence
+    def __getstate__(self):
+        """Pickled state; a detector holding CUDA tensors is packed to load anywhere.
+
+        A plain pickle of a CUDA tensor can only be unpickled where CUDA is
+        available, which breaks handing a GPU-fitted detector to a CPU process
+        (a joblib or dask worker, a CPU server). Such a state is written with
+        ``torch.save`` into bytes, which :meth:`__setstate__` reads with a
+        ``map_location`` (skorch's ``NeuralNet`` does the same).
+        """
+        state = super().__getstate__()
+        if _holds_cuda(state):
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            return {_CUDA_STATE: buffer.getvalue()}
+        return state
+
+    def __copy__(self):
+        # A shallow copy shares the networks, on any device (copy.copy would
+        # otherwise go through __getstate__ and copy a CUDA detector's networks).
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+    def __setstate__(self, state):
+        blob = state.get(_CUDA_STATE) if isinstance(state, dict) else None
+        if blob is not None:
+            cuda = torch.cuda.is_available()
+            if not cuda:
+                warnings.warn(
+                    f"{type(self).__name__} was pickled with its networks on CUDA, which "
+                    "is not available here: its tensors are loaded onto the CPU (device_ "
+                    "= 'cpu').", RuntimeWarning, stacklevel=2)
+            # The bytes come from the pickle being loaded: no more trusted than it.
+            state = torch.load(io.BytesIO(blob), map_location=None if cuda else "cpu",
+                               weights_only=False)
+            if not cuda:
+                state["device_"] = "cpu"
+        super().__setstate__(state)
+
     def save(self, path):
         """Save the fitted detector to one file that cannot execute code when loaded.
 

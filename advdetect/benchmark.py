@@ -173,6 +173,40 @@ def _throughputs(fns, X, repeats=5):
     return [len(X) / b for b in best]
 
 
+def _fit_timed(det, X):
+    """``(det.fit(X), seconds)``: one task of the benchmark's parallel fits."""
+    t0 = time.perf_counter()
+    det.fit(X)
+    return det, time.perf_counter() - t0
+
+
+def _parallel_map(fn, arguments, n_jobs=None, scheduler=None):
+    """``fn(*args)`` for each of ``arguments``, in order, as joblib tasks when asked.
+
+    ``n_jobs`` (joblib's meaning; ``None`` or 1 runs in this process) runs the
+    tasks in local worker processes; ``scheduler`` (the address of a
+    ``dask.distributed`` scheduler) on that cluster, through joblib's dask
+    backend. Large numpy arguments shared by the tasks are sent once: joblib
+    memory-maps them for its local workers, and its dask backend scatters them
+    to the cluster.
+    """
+    if scheduler is None and n_jobs in (None, 1):
+        # Lazily, one task at a time: the caller writes each result as it comes.
+        return (fn(*args) for args in arguments)
+    from joblib import Parallel, delayed, parallel_config
+
+    tasks = [delayed(fn)(*args) for args in arguments]
+    if scheduler is None:
+        return Parallel(n_jobs=n_jobs)(tasks)
+    from distributed import Client
+
+    with Client(scheduler) as client, parallel_config(backend="dask"):
+        from .parallel import set_torch_threads
+
+        set_torch_threads(client)
+        return Parallel(n_jobs=-1 if n_jobs is None else n_jobs)(tasks)
+
+
 def _make_detectors(names, victim, seed, epochs, verbose):
     """Fresh, unfitted detectors, keyed by display name."""
     from sklearn.frozen import FrozenEstimator
@@ -434,7 +468,7 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
 def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
                   n_train=4000, n_test=1000, n_attack=500, victim_epochs=30,
                   detector_epochs=None, output=None, plots=True, cache_dir=None, verbose=1,
-                  log=print, quick=False):
+                  log=print, quick=False, n_jobs=None, scheduler=None):
     """Run the comparison and return its tables.
 
     Every table is written to ``output`` as soon as it exists (the attack table
@@ -481,6 +515,19 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         in ``results.md``, ``"quick": true`` in ``settings.json``, and throughput
         timed once instead of best of five. It does not change the sizes; pass
         ``**QUICK`` for those.
+    n_jobs : int or None, default=None
+        Fit the detectors as parallel joblib tasks in this many worker
+        processes (``-1``: one per core); ``None`` fits them one after the
+        other here. The victim and the attacks are computed once, here; the
+        timing and the scoring run here, after the fits, so the timing table
+        is not measured beside concurrent fits. The tables equal a sequential
+        run's when the workers run torch with as many threads as this process
+        (float sums in another order move scores in the last bits otherwise).
+    scheduler : str or None, default=None
+        Address of a ``dask.distributed`` scheduler (``"tcp://host:8786"``):
+        the fits run on that cluster through joblib's dask backend, with torch's
+        threads set by :func:`advdetect.parallel.set_torch_threads`. Needs the
+        ``[distributed]`` extra.
 
     Returns
     -------
@@ -517,7 +564,8 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
                     quick=bool(quick), complete=False,
                     torch=torch.__version__, threads=torch.get_num_threads(),
                     device="cuda" if torch.cuda.is_available() else "cpu",
-                    python=platform.python_version(), cache_dir=cache_rel)
+                    python=platform.python_version(), cache_dir=cache_rel,
+                    n_jobs=n_jobs, scheduler=scheduler)
     if quick:
         log(QUICK_BANNER)
     log(f"running {len(detectors)} detectors x {len(attacks)} attacks on {dataset} "
@@ -546,10 +594,9 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     from .base import batched
     device = next(forward.parameters()).device
     fitted, timing_rows = {}, []
-    for name, det in _make_detectors(detectors, victim, seed, detector_epochs, verbose).items():
-        t0 = time.perf_counter()
-        det.fit(X_tr)
-        fit_seconds = time.perf_counter() - t0
+    made = _make_detectors(detectors, victim, seed, detector_epochs, verbose)
+    fits = _parallel_map(_fit_timed, [(det, X_tr) for det in made.values()], n_jobs, scheduler)
+    for name, (det, fit_seconds) in zip(made, fits):
         # The classifier's forward pass at the detector's own batch size, timed turn by
         # turn with the detector's scoring: the ratio compares like with like.
         ips, clf_ips = _throughputs(

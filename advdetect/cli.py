@@ -59,6 +59,11 @@ def _parser():
     bench.add_argument("--quick", action="store_true",
                        help="small sizes and few epochs: a smoke test (about a minute), not a "
                             "measurement")
+    bench.add_argument("--n-jobs", type=int, default=None,
+                       help="fit the detectors in this many parallel processes (-1: all cores)")
+    bench.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="fit the detectors on this dask.distributed scheduler "
+                            "(tcp://host:8786; needs advdetect[distributed])")
     bench.add_argument("--adaptive", action="store_true",
                        help="bypass rates under non-adaptive and detector-aware PGD at eps "
                             "0.1/0.2/0.3 (Linf) and 1/2 (L2), thresholds at 1 %% and 5 %% clean "
@@ -95,7 +100,8 @@ def main(argv=None):
         kwargs.update(preset)
     else:
         kwargs.update(dataset=args.dataset, attacks=FULL_ATTACKS, detectors=args.detectors,
-                      plots=not args.no_plots, cache_dir=args.cache_dir)
+                      plots=not args.no_plots, cache_dir=args.cache_dir,
+                      n_jobs=args.n_jobs, scheduler=args.scheduler)
         kwargs.update(preset)
         given = dict(attacks=args.attacks, n_train=args.n_train, n_test=args.n_test,
                      n_attack=args.n_attack, victim_epochs=args.victim_epochs,

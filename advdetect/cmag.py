@@ -515,7 +515,7 @@ class CMAGDetector(BaseDetector):
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self)
-        X = self._validate_images(X, reset=False)
+        X = self._stream_images(X)
         self._eval_mode()
         return batched(lambda xb: self._reconstructions(*self._classifier_views(xb)[:2],
                                                         stages=(stage,))[stage],

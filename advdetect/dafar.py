@@ -507,7 +507,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
 
     def _run(self, X, fn):
         check_is_fitted(self)
-        X = self._validate_images(X, reset=False)
+        X = self._stream_images(X)
         self._eval_mode()
         return batched(fn, X, self.batch_size, self.device_)
 

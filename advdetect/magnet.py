@@ -465,7 +465,7 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         if name not in self.detectors_:
             raise ValueError(f"detector must be one of the trained detectors "
                              f"{self.detectors_}, got {detector!r}")
-        X = self._validate_images(X, reset=False)
+        X = self._stream_images(X)
         self._eval_mode()
         return batched(self.autoencoders_[name], X, self.batch_size, self.device_)
 

@@ -21,6 +21,7 @@ PUBLIC_SUBMODULES = [
     "advdetect.persistence",
     "advdetect.plotting",
     "advdetect.benchmark",
+    "advdetect.parallel",
     "advdetect.nn.ssim",
     "advdetect.nn.differentiable",
 ]
@@ -36,6 +37,7 @@ SUMMARIES = {
     "advdetect.persistence": "Saving and loading fitted detectors, with no code run on load.",
     "advdetect.plotting": "Figures of detectors and reconstructions.",
     "advdetect.benchmark": "The side-by-side benchmark.",
+    "advdetect.parallel": "Torch threads on dask.distributed workers (searches on a cluster).",
     "advdetect.nn.ssim": "Batched, differentiable SSIM in torch.",
     "advdetect.nn.differentiable": "Detectors as differentiable torch modules (to_torch).",
 }
