@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from .benchmark import DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, format_report, run_benchmark
+from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, OPTIONAL_DETECTORS, format_report,
+                        run_benchmark)
 
 __all__ = ["main"]
 
@@ -31,7 +32,8 @@ def _parser():
     bench.add_argument("--dataset", default="subset", choices=["subset", "full", "auto", "digits"])
     bench.add_argument("--attacks", nargs="+", default=FULL_ATTACKS,
                        help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma")
-    bench.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
+    bench.add_argument("--detectors", nargs="+", default=DETECTORS,
+                       choices=DETECTORS + OPTIONAL_DETECTORS)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--n-train", type=int, default=4000)
     bench.add_argument("--n-test", type=int, default=1000)
