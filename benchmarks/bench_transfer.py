@@ -46,8 +46,10 @@ def main():
                    help="training images attacked for the binary classifier")
     p.add_argument("--detector-epochs", type=int, default=None,
                    help="epochs of every trained detector (default: each one's default)")
-    p.set_defaults(n_test=600, n_attack=300)
+    p.set_defaults(n_test=500, n_attack=200)
     args = p.parse_args()
+    if args.quick:
+        args.detector_epochs, args.n_supervised = 1, 300
     settings = resolve(args)
     prep = prepare_benchmark(args.dataset, args.attacks, seed=args.seed, n_train=args.n_train,
                              n_test=args.n_test, n_attack=args.n_attack,
@@ -83,8 +85,9 @@ def main():
         "Mahalanobis": (MahalanobisDetector(frozen, **common), False),
         "Mahalanobis (blocks, sum)": (MahalanobisDetector.paper(frozen, combine="sum",
                                                                 **common), False),
-        "CMAG": (CMAGDetector(frozen, **epochs, **common), False),
+        # The slowest to fit last: the report is rewritten after every detector.
         "DAFAR": (DAFARDetector(frozen, **dafar_epochs, **common), False),
+        "CMAG": (CMAGDetector(frozen, **epochs, **common), False),
     }
     forward = victim.module_.eval()
     device = next(forward.parameters()).device
@@ -111,10 +114,14 @@ def main():
                              roc_auc=rep["roc_auc"], detection_rate=rep["detection_rate"],
                              clean_fpr=rep["false_positive_rate"],
                              tpr_at_5_fpr=rep["tpr_at_5_fpr"]))
+        write_report(args, settings, prep, list(detectors), rows, timing)
+
+
+def write_report(args, settings, prep, order, rows, timing):
+    """Print the tables so far and (with --output) write them."""
     results = pd.DataFrame(rows)
     timing = pd.DataFrame(timing)
-
-    order = list(detectors)
+    order = [d for d in order if d in set(results["detector"])]
     parts = [settings_block(settings), "## Attacks (test images)\n", to_markdown(prep["attacks"]),
              ""]
     for metric, title in [("roc_auc", "ROC-AUC"),
@@ -130,7 +137,7 @@ def main():
     parts += ["## Cost (fit seconds; scoring cost relative to the classifier's forward pass, "
               "best of 3)\n", to_markdown(timing, floatfmt=".2f"), ""]
     report = "\n".join(parts)
-    print(report)
+    print(report, flush=True)
     write(args.output, "transfer.md", report)
     if args.output:
         results.to_csv(f"{args.output}/transfer.csv", index=False)
