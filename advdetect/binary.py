@@ -105,7 +105,9 @@ class BinaryClassifierDetector(BaseDetector):
     they separate FGSM examples from clean images perfectly, and the point of
     the comparison is transfer to other attacks, which a bigger network does not
     buy. Training is through skorch's ``NeuralNetBinaryClassifier`` (binary
-    cross-entropy on the logit) with both classes weighted alike.
+    cross-entropy on the logit) with both classes weighted alike
+    (``pos_weight = n_adversarial / n_clean``), so that the logit-0 decision does
+    not lean towards the larger class (attacks fool only some of the images).
 
     References
     ----------
@@ -209,11 +211,16 @@ class BinaryClassifierDetector(BaseDetector):
         target = (y[train] == 1).astype(np.float32)  # 1 = clean: the logit of "clean"
         from skorch import NeuralNetBinaryClassifier
 
+        # Both classes weigh alike in the loss (pos_weight = n_adversarial / n_clean): an
+        # attack fools only some images, and with, say, 8 clean rows per adversarial one
+        # an unweighted net's logit-0 decision flagged nothing (bench_transfer).
+        pos_weight = torch.tensor([len(adv) / max(len(clean), 1)], dtype=torch.float32)
         head = train_module(BinaryDetectorNet, np.ascontiguousarray(inputs, dtype=np.float32),
                             target, torch.nn.BCEWithLogitsLoss, desc="Binary detector",
                             detector=self, net_cls=NeuralNetBinaryClassifier,
                             module_kwargs=dict(input_shape=shape, width=int(self.width),
-                                               hidden=int(self.hidden)))
+                                               hidden=int(self.hidden)),
+                            criterion_kwargs=dict(pos_weight=pos_weight))
         self.detector_ = ActivationDetector(hooked, head, flatten=flatten).to(self.device_).eval()
         self.n_clean_, self.n_adversarial_ = int(len(clean)), int(len(adv))
         if len(cal):

@@ -113,3 +113,13 @@ def test_invalid_parameters(digits_pairs, params, match):
     X, y = digits_pairs
     with pytest.raises(ValueError, match=match):
         BinaryClassifierDetector(**params, **FAST).fit(X, y)
+
+
+def test_classes_weigh_alike_when_imbalanced(digits_small, small_victim):
+    """Ten clean rows per adversarial one: the logit-0 decision still flags the attack."""
+    X, y = digits_small
+    X_adv = fgsm(small_victim.module_, X[:30], y[:30], eps=0.3)
+    Xy, labels, _ = make_detection_dataset(X, X_adv, source_index=np.arange(30))
+    det = BinaryClassifierDetector(**{**FAST, "max_epochs": 10}).fit(Xy, labels)
+    assert np.mean(det.predict(X_adv) == -1) > 0.5
+    assert np.mean(det.predict(X) == -1) < 0.5
