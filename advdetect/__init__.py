@@ -5,13 +5,16 @@ Every detector is a scikit-learn outlier detector fitted on clean images:
 negative and ``predict`` returns -1 for inputs flagged as adversarial.
 """
 
+from .binary import BinaryClassifierDetector
 from .cmag import CMAGDetector
 from .dafar import DAFARDetector
 from .defence import DetectAndPurify
 from .magnet import MagNetDetector
+from .mahalanobis import MahalanobisDetector
 from .squeeze import FeatureSqueezingDetector
 
 __version__ = "0.1.0.dev0"
 
 __all__ = ["CMAGDetector", "DAFARDetector", "DetectAndPurify", "FeatureSqueezingDetector",
            "MagNetDetector"]
+__all__ += ["BinaryClassifierDetector", "MahalanobisDetector"]

@@ -30,7 +30,7 @@ import torch
 from .metrics import detection_report
 
 __all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS",
-           "QUICK", "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
+           "OPTIONAL_DETECTORS", "QUICK", "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
            "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "to_markdown",
            "victim_recipe"]
 
@@ -41,13 +41,16 @@ FULL_ATTACKS = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:
                 "cw:19", "cw:29", "deepfool", "jsma"]
 #: The one quick preset (``--quick`` of ``advdetect demo`` and ``advdetect benchmark``): a
 #: smoke run that checks the whole pipeline in about a minute on a 2-core CPU. Its figures
-#: are not measurements: tiny networks trained for a few epochs on 600 images.
+#: are not measurements: small networks trained for a few epochs on 1,000 images.
 QUICK = dict(n_train=1000, n_test=200, n_attack=50, victim_epochs=8, detector_epochs=2,
              attacks=["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0"])
 QUICK_BANNER = ("QUICK RUN: a smoke test at tiny sizes (1,000 training images, a few epochs); "
                 "its figures are not measurements of the detectors.")
 #: Detectors the benchmark knows, in table order.
-DETECTORS = ["cmag", "dafar", "magnet", "squeeze"]
+DETECTORS = ["cmag", "dafar", "magnet", "squeeze", "mahalanobis"]
+#: Detectors it runs only when named: the supervised binary classifier needs adversarial
+#: training examples (it is trained on the first attack's examples of training images).
+OPTIONAL_DETECTORS = ["binary"]
 
 # Paper figures to print beside ours (ANCHORS.md): detection rate at the
 # detector's own threshold, keyed by (detector, attack).
@@ -173,10 +176,10 @@ def _throughputs(fns, X, repeats=5):
     return [len(X) / b for b in best]
 
 
-def _fit_timed(det, X):
-    """``(det.fit(X), seconds)``: one task of the benchmark's parallel fits."""
+def _fit_timed(det, X, y=None):
+    """``(det.fit(X, y), seconds)``: one task of the benchmark's parallel fits."""
     t0 = time.perf_counter()
-    det.fit(X)
+    det.fit(X, y)
     return det, time.perf_counter() - t0
 
 
@@ -230,9 +233,36 @@ def _make_detectors(names, victim, seed, epochs, verbose):
         elif name in ("squeeze", "feature_squeezing"):
             from .squeeze import FeatureSqueezingDetector
             dets["Feature Squeezing"] = FeatureSqueezingDetector(frozen, **common)
+        elif name == "mahalanobis":
+            from .mahalanobis import MahalanobisDetector
+            dets["Mahalanobis"] = MahalanobisDetector(frozen, **common)
+        elif name == "binary":
+            from .binary import BinaryClassifierDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs)
+            dets["Binary classifier"] = BinaryClassifierDetector(**kw, **common)
         else:
-            raise ValueError(f"unknown detector {name!r}; choose from {DETECTORS}")
+            raise ValueError(f"unknown detector {name!r}; choose from "
+                             f"{DETECTORS + OPTIONAL_DETECTORS}")
     return dets
+
+
+def _supervised_training_set(victim, X, y, attack, seed, n_max=2000):
+    """Clean training images and ``attack``'s successful examples of them, as ``(X, y)``.
+
+    For the supervised binary classifier: up to ``n_max`` training images are
+    attacked (never the test images the benchmark scores), and labelled +1 clean,
+    -1 adversarial (:func:`advdetect.model_selection.make_detection_dataset`).
+    """
+    from .attacks import generate
+    from .model_selection import make_detection_dataset
+
+    name, params = parse_attack(attack)
+    idx = np.arange(min(len(X), n_max))
+    res = generate(victim, X[idx], y[idx], attack=name, batch_size=256, random_state=seed,
+                   **params)
+    X_fit, labels, _ = make_detection_dataset(X, res.x_adv[res.success],
+                                              source_index=idx[res.success])
+    return X_fit, labels
 
 
 def _variants(name, det):
@@ -486,9 +516,13 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
     detectors : list of str, default=DETECTORS
-        Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``; the
-        tables name them ``"CMAG"``, ``"DAFAR"``, ``"MagNet"``, ``"Feature
-        Squeezing"`` (plus the scoring variants of the fitted ones).
+        Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``,
+        ``"mahalanobis"``, ``"binary"``; the tables name them ``"CMAG"``,
+        ``"DAFAR"``, ``"MagNet"``, ``"Feature Squeezing"``, ``"Mahalanobis"``,
+        ``"Binary classifier"`` (plus the scoring variants of the fitted ones).
+        ``"binary"`` (not in the default list) is the supervised detector: it is
+        trained on clean training images and the first attack's examples of up to
+        2,000 of them, so its timing's fit seconds include that attack.
     seed : int, default=0
     n_train : int, default=4000
         Clean training images the detectors are fitted on (the victim trains
@@ -595,7 +629,11 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     device = next(forward.parameters()).device
     fitted, timing_rows = {}, []
     made = _make_detectors(detectors, victim, seed, detector_epochs, verbose)
-    fits = _parallel_map(_fit_timed, [(det, X_tr) for det in made.values()], n_jobs, scheduler)
+    # The supervised binary classifier trains on the first attack's examples of
+    # training images; every other detector on the clean training images.
+    fit_args = [(det, *_supervised_training_set(victim, X_tr, prep["y_train"], attacks[0], seed))
+                if name == "Binary classifier" else (det, X_tr) for name, det in made.items()]
+    fits = _parallel_map(_fit_timed, fit_args, n_jobs, scheduler)
     for name, (det, fit_seconds) in zip(made, fits):
         # The classifier's forward pass at the detector's own batch size, timed turn by
         # turn with the detector's scoring: the ratio compares like with like.

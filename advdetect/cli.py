@@ -12,8 +12,9 @@ import json
 import sys
 import warnings
 
-from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, QUICK, format_adaptive_report,
-                        format_summary, run_adaptive_benchmark, run_benchmark)
+from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, OPTIONAL_DETECTORS, QUICK,
+                        format_adaptive_report, format_summary, run_adaptive_benchmark,
+                        run_benchmark)
 
 __all__ = ["main"]
 
@@ -38,7 +39,10 @@ def _parser():
                        help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma "
                             f"(default: {' '.join(FULL_ATTACKS)}; with --quick: "
                             f"{' '.join(QUICK['attacks'])})")
-    bench.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
+    bench.add_argument("--detectors", nargs="+", default=DETECTORS,
+                       choices=DETECTORS + OPTIONAL_DETECTORS,
+                       help=f"default: {' '.join(DETECTORS)}; also {' '.join(OPTIONAL_DETECTORS)} "
+                            "(supervised: trained on the first attack's examples)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--n-train", type=int, default=None, help="default 4000 (--quick: "
                        f"{QUICK['n_train']})")

@@ -95,7 +95,7 @@ FORMAT_NAME = "advdetect-detector"
 FORMAT_VERSION = 1
 #: The only classes :func:`load` builds.
 DETECTOR_CLASSES = ("CMAGDetector", "DAFARDetector", "FeatureSqueezingDetector",
-                    "MagNetDetector")
+                    "MagNetDetector", "MahalanobisDetector", "BinaryClassifierDetector")
 
 _METADATA_KEY = "advdetect"
 # Images run through ``_fit`` (untrained) to build the networks on load.
@@ -109,6 +109,10 @@ def _detector_classes():
     from .squeeze import FeatureSqueezingDetector
 
     classes = (CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector)
+    from .binary import BinaryClassifierDetector
+    from .mahalanobis import MahalanobisDetector
+
+    classes += (MahalanobisDetector, BinaryClassifierDetector)
     return {c.__name__: c for c in classes}
 
 

@@ -16,6 +16,8 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
                                                  "DAFAR (no C)", "Threshold rules"]),
     ("bench_detectors.py", ["fgsm:0.3"], ["ROC-AUC", "Published figures", "Timing"]),
     ("bench_attacks.py", ["fgsm:0.3", "cw:0"], ["seconds_per_1000", "CW-L2 target"]),
+    ("bench_transfer.py", ["fgsm:0.1", "fgsm:0.3"], ["Binary (input, fgsm:0.1)", "Mahalanobis",
+                                                     "ROC-AUC", "Cost"]),
 ])
 def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     args = [sys.executable, str(BENCH / script), "--quick", "--dataset", "digits",
@@ -29,7 +31,8 @@ def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     assert proc.stdout.startswith("settings: {")
     for text in expect:
         assert text in proc.stdout, text
-    report = "attacks.md" if script == "bench_attacks.py" else "report.md"
+    report = {"bench_attacks.py": "attacks.md", "bench_transfer.py": "transfer.md"}.get(
+        script, "report.md")
     assert "## Settings" in (tmp_path / report).read_text()
 
 

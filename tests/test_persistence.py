@@ -18,13 +18,14 @@ from sklearn.frozen import FrozenEstimator
 
 import advdetect.persistence as persistence
 from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import BinaryClassifierDetector, MahalanobisDetector
 from advdetect.base import BaseDetector
 from advdetect.models import MNISTCNN, SmallCNN
 from advdetect.persistence import FORMAT_NAME, FORMAT_VERSION, load, save
 
 FAST = dict(device="cpu", random_state=0)
 
-# name -> (class, parameters, fit with class labels)
+# name -> (class, parameters, fit with class labels; "outlier": with +1/-1 labels)
 CONFIGS = {
     "cmag": (CMAGDetector, dict(max_epochs=1), False),
     "dafar": (DAFARDetector, dict(max_epochs=1, anomaly_max_epochs=1), False),
@@ -33,6 +34,12 @@ CONFIGS = {
     "dafar_no_c": (DAFARDetector, dict(use_anomaly_detector=False, max_epochs=1), False),
     "magnet": (MagNetDetector, dict(max_epochs=1), False),
     "squeeze": (FeatureSqueezingDetector, dict(), False),
+    "mahalanobis": (MahalanobisDetector, dict(), False),
+    "mahalanobis_blocks": (MahalanobisDetector, dict(feature_layer="blocks", noise_magnitude=0.01,
+                                                     covariance="ledoit_wolf"), False),
+    "mahalanobis_logistic": (MahalanobisDetector, dict(feature_layer="blocks",
+                                                       combine="logistic"), "outlier"),
+    "binary_features": (BinaryClassifierDetector, dict(on="features", max_epochs=1), "outlier"),
 }
 
 
@@ -59,6 +66,8 @@ def case(request, data, victim, tmp_path_factory):
     """(fitted detector, path of its saved file, name of the configuration)."""
     cls, params, labelled = CONFIGS[request.param]
     X, y = data
+    if labelled == "outlier":
+        y = np.where(np.arange(len(X)) % 2 == 0, 1, -1)
     det = cls(victim, **params, **FAST).fit(X, y if labelled else None)
     path = tmp_path_factory.mktemp(request.param) / "detector.safetensors"
     det.save(path)
