@@ -104,7 +104,7 @@ EXPECTED["BinaryClassifierDetector"] = {name: _SUPERVISED for name in (
     "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
     "check_f_contiguous_array_estimator", "check_outliers_fit_predict", "check_outliers_train",
     "check_classifier_data_not_an_array", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature",
+    "check_methods_subset_invariance", "check_fit2d_1feature",
     "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
     "check_n_features_in", "check_fit2d_predict1d")}
 
