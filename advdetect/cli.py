@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from .benchmark import DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, format_report, run_benchmark
+from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, format_report, run_benchmark,
+                        victim_settings)
 
 __all__ = ["main"]
 
@@ -28,7 +29,9 @@ def _parser():
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     bench = sub.add_parser("benchmark", help="the side-by-side benchmark, every option open")
-    bench.add_argument("--dataset", default="subset", choices=["subset", "full", "auto", "digits"])
+    bench.add_argument("--dataset", default="subset",
+                       choices=["subset", "full", "auto", "fashion", "digits"],
+                       help="fashion: Fashion-MNIST (CMAG Table 4)")
     bench.add_argument("--attacks", nargs="+", default=FULL_ATTACKS,
                        help="name:strength, e.g. fgsm:0.3 pgd:0.3 cw:9 deepfool jsma")
     bench.add_argument("--detectors", nargs="+", default=DETECTORS, choices=DETECTORS)
@@ -37,6 +40,12 @@ def _parser():
     bench.add_argument("--n-test", type=int, default=1000)
     bench.add_argument("--n-attack", type=int, default=500)
     bench.add_argument("--victim-epochs", type=int, default=30)
+    bench.add_argument("--victim-n-train", type=int, default=None,
+                       help="training images of the victim (default: the --n-train images; "
+                            "0: the whole training set)")
+    bench.add_argument("--victim", default=None, choices=["well", "brief"],
+                       help="a preset victim training (advdetect.benchmark.VICTIMS); sets "
+                            "--victim-epochs and --victim-n-train")
     bench.add_argument("--detector-epochs", type=int, default=None,
                        help="training epochs of every detector network (default: their own)")
     bench.add_argument("--output", default="advdetect-output/benchmark")
@@ -61,7 +70,10 @@ def main(argv=None):
         kwargs.update(dataset=args.dataset, attacks=args.attacks, detectors=args.detectors,
                       n_train=args.n_train, n_test=args.n_test, n_attack=args.n_attack,
                       victim_epochs=args.victim_epochs, detector_epochs=args.detector_epochs,
-                      plots=not args.no_plots, cache_dir=args.cache_dir)
+                      victim_n_train=args.victim_n_train, plots=not args.no_plots,
+                      cache_dir=args.cache_dir)
+        if args.victim:
+            kwargs.update(victim_settings(args.dataset, args.victim))
     if args.quick:
         kwargs.update(QUICK)
         if args.command == "demo":

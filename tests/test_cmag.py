@@ -1,5 +1,7 @@
 """CMAGDetector: Algorithm 1 training, Algorithm 2 thresholds, scoring, extras."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,3 +221,60 @@ def test_end_to_end_mnist_fgsm_scores_lower(mnist_small, mnist_victim):
     # The paper's scoring (GR, both tests) on the same networks ranks them too.
     det.set_params(stage="gr", criterion="both", confidence_test=False).recalibrate()
     assert roc_auc_score(y, np.r_[det.score_samples(X_te), det.score_samples(X_adv)]) > 0.8
+
+
+def test_two_sided_confidence_test_flags_both_tails(digits_det, digits_small):
+    """confidence_test="two-sided" also flags margins above the upper clean quantile."""
+    X, _ = digits_small
+    det = copy.copy(digits_det)  # the fitted networks, own parameters
+    det.set_params(threshold_quantile=0.1, confidence_test="two-sided").recalibrate()
+    conf = det.calibration_metrics_["confidence"]
+    assert det.confidence_upper_threshold_ == pytest.approx(np.quantile(conf, 0.9,
+                                                                        method="higher"))
+    f = det.reconstruction_errors(X)
+    fail_ssim = f["ssim_fmr"] < det.threshold_ssim_
+    low = f["confidence"] < det.confidence_threshold_
+    high = f["confidence"] > det.confidence_upper_threshold_
+    assert high.any() and low.any()
+    np.testing.assert_array_equal(f["is_adversarial"], fail_ssim | low | high)
+    # "lower" is the same as True, the one-sided test.
+    det.set_params(confidence_test="lower").recalibrate()
+    np.testing.assert_array_equal(det.predict(X) == -1, fail_ssim | low)
+    det.set_params(confidence_test="both")
+    with pytest.raises(ValueError, match="two-sided"):
+        det.recalibrate()
+
+
+def test_combine_tests_sum_adds_margins_and_thresholds_the_sum(digits_det, digits_small):
+    X, _ = digits_small
+    det = copy.copy(digits_det)  # the fitted networks, own parameters
+    det.set_params(criterion="both", threshold_quantile=0.05).recalibrate()
+    f = det.reconstruction_errors(X)
+    thr = det.thresholds_.loc["fmr"]
+    margins = np.stack([(f["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
+                        (thr["l2"] - f["l2_fmr"]) / thr["l2_scale"],
+                        (f["confidence"] - det.confidence_threshold_) / det.confidence_scale_])
+    np.testing.assert_allclose(f["score"], margins.min(axis=0), rtol=1e-5, atol=1e-6)
+    assert det.offset_ == 0.0
+    det.set_params(combine_tests="sum").recalibrate()
+    f = det.reconstruction_errors(X)
+    np.testing.assert_allclose(f["score"], margins.sum(axis=0), rtol=1e-5, atol=1e-5)
+    # The sum is thresholded at its own 5 % quantile on the clean calibration images.
+    cal = det.calibration_metrics_
+    cal_margins = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
+                   + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
+                   + (cal["confidence"] - det.confidence_threshold_) / det.confidence_scale_)
+    assert det.offset_ == pytest.approx(np.quantile(cal_margins, 0.05, method="lower"))
+    np.testing.assert_array_equal(f["is_adversarial"], f["score"] < det.offset_)
+    det.set_params(combine_tests="mean")
+    with pytest.raises(ValueError, match="combine_tests"):
+        det.recalibrate()
+
+
+def test_paper_recipe_unchanged():
+    det = CMAGDetector.paper()
+    assert {k: det.get_params()[k] for k in ("stage", "criterion", "confidence_test",
+                                             "combine_tests", "threshold_quantile",
+                                             "validation_fraction", "combine")} == dict(
+        stage="gr", criterion="both", confidence_test=False, combine_tests="min",
+        threshold_quantile=0.0, validation_fraction=0.0, combine="hadamard")
