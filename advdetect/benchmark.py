@@ -193,14 +193,29 @@ def _variants(name, det):
     out = {name: det}
     variants = []
     if name == "CMAG":
-        paper = dict(stage="gr", criterion="both", threshold_quantile=0.0, confidence_test=False)
+        paper = dict(stage="gr", criterion="both", threshold_quantile=0.0, confidence_test=False,
+                     combine_tests="min")
         variants = [("CMAG (paper)", paper),
                     ("CMAG gr both q=0.01", dict(paper, threshold_quantile=0.01)),
-                    ("CMAG gr ssim", dict(stage="gr", criterion="ssim", confidence_test=False)),
-                    ("CMAG fmr ssim", dict(stage="fmr", criterion="ssim", confidence_test=False)),
-                    ("CMAG all ssim", dict(stage="all", criterion="ssim", confidence_test=False))]
-    elif name == "DAFAR" and det.use_anomaly_detector:
-        variants = [("DAFAR (no C)", dict(use_anomaly_detector=False))]
+                    ("CMAG gr ssim", dict(stage="gr", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG fmr ssim", dict(stage="fmr", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG all ssim", dict(stage="all", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG fmr ssim + conf, min",
+                     dict(stage="fmr", criterion="ssim", confidence_test=True,
+                          combine_tests="min")),
+                    ("CMAG fmr both + two-sided conf, sum",
+                     dict(stage="fmr", criterion="both", confidence_test="two-sided",
+                          combine_tests="sum"))]
+    elif name == "DAFAR":
+        variants = [("DAFAR (no C)", dict(use_anomaly_detector=False, confidence_test=False))] \
+            if det.use_anomaly_detector else []
+        variants += [("DAFAR C alone", dict(confidence_test=False)),
+                     ("DAFAR + conf, min", dict(confidence_test=True, combine_tests="min")),
+                     ("DAFAR + two-sided conf, sum",
+                      dict(confidence_test="two-sided", combine_tests="sum"))]
     for label, params in variants:
         if all(getattr(det, k) == v for k, v in params.items()):
             continue

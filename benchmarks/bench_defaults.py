@@ -142,9 +142,10 @@ def collect(dataset, victim_kind, args, log):
                              cache_dir=args.cache_dir or None, log=log, **vk)
     X_tr, X_te, victim = prep["X_train"], prep["X_test"], prep["victim"]
     adv = {s: r.x_adv[r.success] for s, r in prep["results"].items() if r.success.any()}
-    facts = dict(dataset=dataset, victim=victim_kind, victim_accuracy=prep["victim_accuracy"],
-                 victim_n_train=prep["victim_n_train"], n_train=len(X_tr), n_test=len(X_te),
-                 **{f"n_adv {s}": len(x) for s, x in adv.items()}, **vk)
+    facts = {**vk, **dict(dataset=dataset, victim=victim_kind,
+                          victim_accuracy=prep["victim_accuracy"],
+                          victim_n_train=prep["victim_n_train"], n_train=len(X_tr),
+                          n_test=len(X_te)), **{f"n_adv {s}": len(x) for s, x in adv.items()}}
     key = _key(dataset=dataset, victim=vk, seed=args.seed, n_train=len(X_tr), n_test=len(X_te),
                n_attack=args.n_attack, attacks=sorted(adv), epochs=args.detector_epochs,
                torch=torch.__version__, v=1)
