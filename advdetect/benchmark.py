@@ -203,7 +203,7 @@ def _variants(name, det):
                                        combine_tests="min")),
                     ("CMAG all ssim", dict(stage="all", criterion="ssim", confidence_test=False,
                                        combine_tests="min")),
-                    ("CMAG fmr ssim + conf, min",
+                    ("CMAG fmr ssim + conf, min (former default)",
                      dict(stage="fmr", criterion="ssim", confidence_test=True,
                           combine_tests="min")),
                     ("CMAG fmr both + two-sided conf, sum",

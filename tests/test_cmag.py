@@ -30,13 +30,22 @@ def test_fitted_attributes(digits_det, digits_small):
     assert det.feature_layer_ == "features.pool1"
     assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
     assert set(det.thresholds_.index) == {"fmr", "lr", "gr"}
-    # Defaults: FMR's SSIM test and the confidence test (see the class docstring).
-    assert (det.stage, det.criterion, det.confidence_test) == ("fmr", "ssim", True)
+    # Defaults: FMR's SSIM and L2 tests and the two-sided confidence test, summed
+    # (see the class docstring and benchmarks/bench_defaults.py).
+    assert (det.stage, det.criterion, det.confidence_test, det.combine_tests) == (
+        "fmr", "both", "two-sided", "sum")
     assert det.threshold_ssim_ == det.thresholds_.loc["fmr", "ssim"]
     assert det.confidence_threshold_ == pytest.approx(
         np.quantile(det.calibration_metrics_["confidence"], 0.01, method="lower"))
     assert len(det.calibration_metrics_) == round(0.2 * len(X))
-    assert det.offset_ == 0.0
+    # The summed margins are cut at their own 1 % quantile on the calibration images.
+    cal, thr = det.calibration_metrics_, det.thresholds_.loc["fmr"]
+    conf = cal["confidence"]
+    summed = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
+              + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
+              + np.minimum((conf - det.confidence_threshold_) / det.confidence_scale_,
+                           (det.confidence_upper_threshold_ - conf) / det.confidence_upper_scale_))
+    assert det.offset_ == pytest.approx(np.quantile(summed, 0.01, method="lower"))
     for name in ("fmr_", "lr_", "gr_"):
         assert not getattr(det, name).training
 
@@ -83,6 +92,7 @@ def test_criterion_semantics(digits_small, small_victim):
     frames = {}
     for criterion in ("ssim", "l2", "both"):
         det = CMAGDetector(small_victim, criterion=criterion, stage="gr", confidence_test=False,
+                           combine_tests="min",
                            threshold_quantile=0.1, **FAST)
         frames[criterion] = det.fit(X).reconstruction_errors(X)
         thr = det.thresholds_.loc["gr"]
@@ -99,7 +109,7 @@ def test_criterion_semantics(digits_small, small_victim):
 def test_confidence_test_flags_low_margins(digits_small, small_victim):
     X, _ = digits_small
     det = CMAGDetector(small_victim, stage="fmr", criterion="ssim", threshold_quantile=0.1,
-                       **FAST).fit(X)
+                       confidence_test=True, combine_tests="min", **FAST).fit(X)
     f = det.reconstruction_errors(X)
     fail_ssim = f["ssim_fmr"] < det.threshold_ssim_
     fail_conf = f["confidence"] < det.confidence_threshold_
@@ -154,7 +164,8 @@ def test_paper_constructor():
 
 def test_stage_all_flags_union_of_stages(digits_small, small_victim):
     X, _ = digits_small
-    det_all = CMAGDetector(FrozenEstimator(small_victim), stage="all", threshold_quantile=0.1, **FAST).fit(X)
+    det_all = CMAGDetector(FrozenEstimator(small_victim), stage="all", threshold_quantile=0.1,
+                           combine_tests="min", **FAST).fit(X)
     flags = np.zeros(len(X), bool)
     for stage in ("fmr", "lr", "gr"):
         det = clone(det_all).set_params(stage=stage).fit(X)
@@ -227,7 +238,8 @@ def test_two_sided_confidence_test_flags_both_tails(digits_det, digits_small):
     """confidence_test="two-sided" also flags margins above the upper clean quantile."""
     X, _ = digits_small
     det = copy.copy(digits_det)  # the fitted networks, own parameters
-    det.set_params(threshold_quantile=0.1, confidence_test="two-sided").recalibrate()
+    det.set_params(threshold_quantile=0.1, confidence_test="two-sided", criterion="ssim",
+                   combine_tests="min").recalibrate()
     conf = det.calibration_metrics_["confidence"]
     assert det.confidence_upper_threshold_ == pytest.approx(np.quantile(conf, 0.9,
                                                                         method="higher"))
@@ -248,7 +260,8 @@ def test_two_sided_confidence_test_flags_both_tails(digits_det, digits_small):
 def test_combine_tests_sum_adds_margins_and_thresholds_the_sum(digits_det, digits_small):
     X, _ = digits_small
     det = copy.copy(digits_det)  # the fitted networks, own parameters
-    det.set_params(criterion="both", threshold_quantile=0.05).recalibrate()
+    det.set_params(criterion="both", threshold_quantile=0.05, confidence_test=True,
+                   combine_tests="min").recalibrate()
     f = det.reconstruction_errors(X)
     thr = det.thresholds_.loc["fmr"]
     margins = np.stack([(f["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
@@ -278,3 +291,24 @@ def test_paper_recipe_unchanged():
                                              "validation_fraction", "combine")} == dict(
         stage="gr", criterion="both", confidence_test=False, combine_tests="min",
         threshold_quantile=0.0, validation_fraction=0.0, combine="hadamard")
+    assert det.threshold_rule == "per-test"
+
+
+def test_joint_threshold_rule_cuts_the_min_score_at_its_quantile(digits_det, digits_small):
+    X, _ = digits_small
+    det = copy.copy(digits_det)
+    det.set_params(criterion="both", threshold_quantile=0.05, confidence_test=True,
+                   combine_tests="min").recalibrate()
+    per_test = det.score_samples(X)
+    assert det.offset_ == 0.0
+    det.set_params(threshold_rule="joint").recalibrate()
+    # Same ranking, one cut: the 5 % quantile of the clean calibration min-margins.
+    np.testing.assert_allclose(det.score_samples(X), per_test)
+    cal = det.calibration_metrics_
+    thr = det.thresholds_.loc["fmr"]
+    m = np.minimum.reduce([(cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
+                           (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"],
+                           (cal["confidence"] - det.confidence_threshold_)
+                           / det.confidence_scale_])
+    assert det.offset_ == pytest.approx(np.quantile(m, 0.05, method="lower"))
+    np.testing.assert_allclose(det.decision_function(X), per_test - det.offset_)
