@@ -174,3 +174,19 @@ def test_no_scored_attack_still_gives_a_results_table(tmp_path):
                            output=str(tmp_path), verbose=0, log=lambda *_: None)
     assert tables["results"].empty and "roc_auc" in tables["results"].columns
     assert (tmp_path / "results.md").is_file()
+
+
+def test_victim_n_train_trains_the_victim_on_more_images_than_the_detectors():
+    from advdetect.benchmark import prepare_benchmark, victim_settings
+
+    quiet = dict(n_train=200, n_test=50, n_attack=5, victim_epochs=1, log=lambda *_: None)
+    base = prepare_benchmark("digits", [], **quiet)
+    more = prepare_benchmark("digits", [], victim_n_train=0, **quiet)
+    # The detectors' training images and the test images stay the same ...
+    np.testing.assert_array_equal(base["X_train"], more["X_train"])
+    np.testing.assert_array_equal(base["X_test"], more["X_test"])
+    # ... while the victim learns from the whole training part (0 = all of it).
+    assert base["victim_n_train"] == 200 and more["victim_n_train"] > 1000
+    assert victim_settings("fashion", "brief") == dict(victim_n_train=0, victim_epochs=1)
+    with pytest.raises(ValueError, match="victim"):
+        victim_settings("subset", "careful")
