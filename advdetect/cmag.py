@@ -201,13 +201,16 @@ class CMAGDetector(BaseDetector):
     margin to its threshold (``ssim - Thr_SSIM``, ``Thr_L2 - l2`` or
     ``confidence - Thr_conf``) divided by that test's clean spread (median of
     the clean calibration values minus the threshold, a scale that the skewed
-    SSIM distribution does not distort), and returns the smallest margin. An
-    input is flagged exactly when one test fails, as in Algorithm 2, and the
+    SSIM distribution does not distort), and returns their sum (the default,
+    cut at its ``threshold_quantile`` quantile on the calibration images) or,
+    with ``combine_tests="min"``, the smallest margin: an input is then
+    flagged exactly when one test fails, as in Algorithm 2. Either way the
     score ranks inputs for ROC curves.
 
-    Changing ``stage``, ``criterion``, ``threshold_quantile`` or
-    ``confidence_test`` after ``fit`` and calling :meth:`recalibrate` re-learns
-    the thresholds from the kept calibration metrics, without retraining.
+    Changing ``stage``, ``criterion``, ``threshold_quantile``,
+    ``confidence_test``, ``combine_tests`` or ``threshold_rule`` after ``fit``
+    and calling :meth:`recalibrate` re-learns the thresholds from the kept
+    calibration metrics, without retraining.
 
     References
     ----------
