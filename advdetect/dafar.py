@@ -16,12 +16,22 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 
-from .base import BaseDetector, batched, default_feature_layer, train_module, writable
+from .base import (BaseDetector, as_logits, batched, default_feature_layer, logit_margin,
+                   train_module, writable)
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
 from .nn.reconstructors import choose_design
 
 __all__ = ["DAFARDetector"]
+
+
+def _spread(margins):
+    """Distance from a test's threshold to the clean median (``margins`` = value - threshold,
+    oriented higher = cleaner); the standard deviation, or 1, when that is not positive."""
+    spread = float(np.median(margins))
+    if spread > 0 and np.isfinite(spread):
+        return spread
+    return float(np.std(margins)) or 1.0
 
 
 class _FeedbackNet(NeuralNet):
@@ -122,6 +132,27 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     z : float, default=3.0
         Threshold alpha = mean + z * std of the clean calibration scores
         (paper: 3 for MNIST, 2 for CIFAR-10).
+    confidence_test : {False, True, "lower", "two-sided"}, default=False
+        Also test the classifier's confidence, the logit margin
+        ``log p_max - log(1 - p_max)``, as :class:`~advdetect.CMAGDetector`
+        does. ``True`` (or ``"lower"``) flags a margin below the
+        ``confidence_quantile`` quantile of the clean calibration margins,
+        ``"two-sided"`` one above the ``1 - confidence_quantile`` quantile too.
+        Not in the paper; minimal-perturbation attacks (DeepFool, CW-L2 at low
+        confidence) leave the reconstruction error of clean data but not the
+        classifier's confidence.
+    confidence_quantile : float in (0, 0.5), default=0.01
+        Quantile of the confidence test's thresholds (and, with
+        ``combine_tests="sum"``, of the summed score's threshold).
+    combine_tests : {"min", "sum"}, default="min"
+        With a confidence test, how the anomaly test (margin
+        ``(alpha - anomaly score) / (alpha - median clean score)``) and the
+        confidence test (margin to its threshold over the clean median's
+        distance to it) make the score: ``"min"``, the smaller margin (an
+        input is flagged when either test fails, ``offset_ = 0``), or
+        ``"sum"``, their sum, thresholded at its ``confidence_quantile``
+        quantile on the clean calibration images. Without a confidence test
+        the score is minus the anomaly score, as in the paper.
     validation_fraction : float in [0, 1), default=0.2
         Fraction of the clean data held out of training to learn alpha on. D
         and C reconstruct their own training data better than new clean data,
@@ -176,7 +207,19 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     threshold_ : float
         alpha, in anomaly-score units.
     offset_ : float
-        ``-threshold_``: ``decision_function = threshold_ - anomaly score``.
+        ``-threshold_``: ``decision_function = threshold_ - anomaly score``
+        (without a confidence test; with one, see ``combine_tests``).
+    calibration_confidence_ : ndarray of shape (``n_calibration_``,)
+        The classifier's logit margins on the held-out clean images.
+    confidence_threshold_, confidence_upper_threshold_ : float
+        The ``confidence_quantile`` and ``1 - confidence_quantile`` quantiles of
+        ``calibration_confidence_`` (learned even when ``confidence_test=False``).
+    test_scales_ : dict
+        The spreads that divide the tests' margins (``"anomaly"``, ``"low"``,
+        ``"high"``): the distance from each threshold to the clean median.
+    scores_with_tests_ : tuple of str
+        ``(confidence test, combine_tests)`` as at the last ``fit`` or
+        :meth:`recalibrate`: the scorer that ``offset_`` was learned for.
     calibration_scores_ : ndarray of shape (``n_calibration_``,)
         Scores of the held-out clean images alpha was learned on: the anomaly
         scores with C, ``||delta||_2`` without.
@@ -252,11 +295,12 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     True
     """
 
-    _metric_names = ("l2", "anomaly_score", "score")
+    _metric_names = ("l2", "anomaly_score", "confidence", "score")
 
     def __init__(self, classifier=None, *, feature_layer=None, input_shape=None,
                  input_range=(0.0, 1.0), training="plugin", decoder="mirror",
                  unpool="indices", use_anomaly_detector=True, anomaly_hidden=None, z=3.0,
+                 confidence_test=False, confidence_quantile=0.01, combine_tests="min",
                  validation_fraction=0.2, reconstruction_loss="l2", max_epochs=20,
                  anomaly_max_epochs=30, batch_size=128, lr=1e-3, optimizer=torch.optim.Adam,
                  device="auto", random_state=None, verbose=0):
@@ -270,6 +314,9 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.use_anomaly_detector = use_anomaly_detector
         self.anomaly_hidden = anomaly_hidden
         self.z = z
+        self.confidence_test = confidence_test
+        self.confidence_quantile = confidence_quantile
+        self.combine_tests = combine_tests
         self.validation_fraction = validation_fraction
         self.reconstruction_loss = reconstruction_loss
         self.max_epochs = max_epochs
@@ -283,6 +330,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
 
     #: The paper's recipe (Sections 4-5), as parameters.
     PAPER_PARAMS = dict(decoder="mirror", unpool="indices", use_anomaly_detector=True, z=3.0,
+                        confidence_test=False, combine_tests="min",
                         validation_fraction=0.0, reconstruction_loss="l2", lr=1e-3,
                         optimizer=torch.optim.Adam)
 
@@ -321,7 +369,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     def _check_params(self):
         super()._check_params()
         choices = {"training": ("plugin", "joint"), "decoder": ("mirror", "dense", "conv"),
-                   "unpool": ("indices", "upsample"), "reconstruction_loss": ("l2", "squared")}
+                   "unpool": ("indices", "upsample"), "reconstruction_loss": ("l2", "squared"),
+                   "combine_tests": ("min", "sum")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -330,6 +379,13 @@ class DAFARDetector(TransformerMixin, BaseDetector):
                              f"{self.use_anomaly_detector!r}")
         if not isinstance(self.z, numbers.Real) or not np.isfinite(self.z):
             raise ValueError(f"z must be a finite number, got {self.z!r}")
+        if not isinstance(self.confidence_test, (bool, np.bool_)) and \
+                self.confidence_test not in ("lower", "two-sided"):
+            raise ValueError(f"confidence_test must be True, False, 'lower' or 'two-sided', "
+                             f"got {self.confidence_test!r}")
+        q = self.confidence_quantile
+        if not isinstance(q, numbers.Real) or not 0 < q < 0.5:
+            raise ValueError(f"confidence_quantile must be in (0, 0.5), got {q!r}")
         e = self.anomaly_max_epochs
         if not isinstance(e, numbers.Integral) or e < 1:
             raise ValueError(f"anomaly_max_epochs must be a positive integer, got {e!r}")
@@ -415,6 +471,9 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         l2, anomaly = batched(lambda d: (d.norm(dim=1), self._anomaly_score(d, use_c=True)),
                               delta[cal_idx], self.batch_size, self.device_)
         self.calibration_l2_ = np.asarray(l2, dtype=np.float64)
+        self.calibration_confidence_ = np.asarray(batched(
+            lambda xb: logit_margin(as_logits(self.classifier_(xb)[1], self.classifier_output_)),
+            X[cal_idx], self.batch_size, self.device_), dtype=np.float64)
         self.calibration_anomaly_scores_ = None if self.anomaly_detector_ is None else \
             np.asarray(anomaly, dtype=np.float64)
         self.calibration_indices_ = cal_idx
@@ -442,6 +501,36 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.offset_ = -self.threshold_
         self.calibration_scores_ = scores
         self.scores_with_anomaly_detector_ = bool(self.use_anomaly_detector)
+        # The confidence test (not in the paper), learned whether or not it is used.
+        conf, q = self.calibration_confidence_, self.confidence_quantile
+        self.confidence_threshold_ = float(np.quantile(conf, q, method="lower"))
+        self.confidence_upper_threshold_ = float(np.quantile(conf, 1 - q, method="higher"))
+        self.test_scales_ = dict(anomaly=_spread(self.threshold_ - scores),
+                                 low=_spread(conf - self.confidence_threshold_),
+                                 high=_spread(self.confidence_upper_threshold_ - conf))
+        self.scores_with_tests_ = (self._confidence_mode(), self.combine_tests)
+        if self.scores_with_tests_[0] != "off":
+            combined = self._combined(torch.from_numpy(scores), torch.from_numpy(conf)).numpy()
+            self.offset_ = 0.0 if self.combine_tests == "min" else \
+                float(np.quantile(combined, q, method="lower"))
+
+    def _confidence_mode(self):
+        if isinstance(self.confidence_test, str):
+            return self.confidence_test
+        return "lower" if self.confidence_test else "off"
+
+    def _combined(self, anomaly, conf):
+        """The score (higher = clean) from the anomaly scores and the logit margins."""
+        mode, combine = self.scores_with_tests_
+        if mode == "off":
+            return -anomaly
+        margins = [(self.threshold_ - anomaly) / self.test_scales_["anomaly"],
+                   (conf - self.confidence_threshold_) / self.test_scales_["low"]]
+        if mode == "two-sided":
+            margins[1] = torch.minimum(margins[1], (self.confidence_upper_threshold_ - conf)
+                                       / self.test_scales_["high"])
+        margins = torch.stack(margins)
+        return margins.min(dim=0).values if combine == "min" else margins.sum(dim=0)
 
     def _plan_decoder(self, hooked, X):
         """Decoder spec (plain data for skorch) and the pooling layers it reads."""
@@ -499,11 +588,13 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     def _forward(self, xb):
         recon, scores = self.feedback_autoencoder_(xb)
         delta = (xb - recon).flatten(1)
-        return recon, scores, delta.norm(dim=1), self._anomaly_score(delta)
+        conf = logit_margin(as_logits(scores, self.classifier_output_))
+        return recon, conf, delta.norm(dim=1), self._anomaly_score(delta)
 
     def _score_batch(self, xb):
-        _, _, l2, anomaly = self._forward(xb)
-        return {"l2": l2, "anomaly_score": anomaly, "score": -anomaly}
+        _, conf, l2, anomaly = self._forward(xb)
+        return {"l2": l2, "anomaly_score": anomaly, "confidence": conf,
+                "score": self._combined(anomaly, conf)}
 
     def _run(self, X, fn):
         check_is_fitted(self)
@@ -560,8 +651,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     def _detect_and_purify(self, X):
         """``(decision_function(X), transform(X))`` from one pass."""
         def fn(xb):
-            recon, _, _, anomaly = self._forward(xb)
-            return -anomaly - self.offset_, recon
+            recon, conf, _, anomaly = self._forward(xb)
+            return self._combined(anomaly, conf) - self.offset_, recon
 
         decision, recon = self._run(X, fn)
         return decision.astype(np.float64), recon
@@ -593,7 +684,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             When ``X`` holds fewer than ``ceil(1 / fpr)`` images.
         """
         super().calibrate(X, fpr)
-        self.threshold_ = -self.offset_
+        if self.scores_with_tests_[0] == "off":
+            self.threshold_ = -self.offset_
         return self
 
     def __sklearn_tags__(self):

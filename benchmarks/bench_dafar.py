@@ -94,7 +94,7 @@ def main():
     specs = list(dict.fromkeys(args.attacks + sweep))
     prep = prepare_benchmark(args.dataset, specs, seed=args.seed, n_train=args.n_train,
                              n_test=args.n_test, n_attack=args.n_attack,
-                             victim_epochs=args.victim_epochs,
+                             victim_epochs=args.victim_epochs, victim_n_train=args.victim_n_train,
                              cache_dir=args.cache_dir or None)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]

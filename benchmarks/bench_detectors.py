@@ -44,6 +44,7 @@ def main():
     kwargs = dict(dataset=args.dataset, attacks=args.attacks, detectors=args.detectors,
                   seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                   n_attack=args.n_attack, victim_epochs=args.victim_epochs,
+                  victim_n_train=args.victim_n_train,
                   detector_epochs=2 if args.quick else args.detector_epochs,
                   output=args.output, plots=not args.no_plots,
                   cache_dir=args.cache_dir or None, verbose=0)

@@ -272,3 +272,17 @@ def test_cli_prints_each_warning_once_after_the_tables(tmp_path, capsys, monkeyp
     printed = capsys.readouterr().out
     assert printed.count("few clean images for the threshold") == 1
     assert printed.index("ROC-AUC") < printed.index("warning(s) during the run")
+def test_victim_n_train_trains_the_victim_on_more_images_than_the_detectors():
+    from advdetect.benchmark import prepare_benchmark, victim_settings
+
+    quiet = dict(n_train=200, n_test=50, n_attack=5, victim_epochs=1, log=lambda *_: None)
+    base = prepare_benchmark("digits", [], **quiet)
+    more = prepare_benchmark("digits", [], victim_n_train=0, **quiet)
+    # The detectors' training images and the test images stay the same ...
+    np.testing.assert_array_equal(base["X_train"], more["X_train"])
+    np.testing.assert_array_equal(base["X_test"], more["X_test"])
+    # ... while the victim learns from the whole training part (0 = all of it).
+    assert base["victim_n_train"] == 200 and more["victim_n_train"] > 1000
+    assert victim_settings("fashion", "brief") == dict(victim_n_train=0, victim_epochs=1)
+    with pytest.raises(ValueError, match="victim"):
+        victim_settings("subset", "careful")

@@ -1,5 +1,7 @@
 """CMAGDetector: Algorithm 1 training, Algorithm 2 thresholds, scoring, extras."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,13 +30,22 @@ def test_fitted_attributes(digits_det, digits_small):
     assert det.feature_layer_ == "features.pool1"
     assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
     assert set(det.thresholds_.index) == {"fmr", "lr", "gr"}
-    # Defaults: FMR's SSIM test and the confidence test (see the class docstring).
-    assert (det.stage, det.criterion, det.confidence_test) == ("fmr", "ssim", True)
+    # Defaults: FMR's SSIM and L2 tests and the two-sided confidence test, summed
+    # (see the class docstring and benchmarks/bench_defaults.py).
+    assert (det.stage, det.criterion, det.confidence_test, det.combine_tests) == (
+        "fmr", "both", "two-sided", "sum")
     assert det.threshold_ssim_ == det.thresholds_.loc["fmr", "ssim"]
     assert det.confidence_threshold_ == pytest.approx(
         np.quantile(det.calibration_metrics_["confidence"], 0.01, method="lower"))
     assert len(det.calibration_metrics_) == round(0.2 * len(X))
-    assert det.offset_ == 0.0
+    # The summed margins are cut at their own 1 % quantile on the calibration images.
+    cal, thr = det.calibration_metrics_, det.thresholds_.loc["fmr"]
+    conf = cal["confidence"]
+    summed = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
+              + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
+              + np.minimum((conf - det.confidence_threshold_) / det.confidence_scale_,
+                           (det.confidence_upper_threshold_ - conf) / det.confidence_upper_scale_))
+    assert det.offset_ == pytest.approx(np.quantile(summed, 0.01, method="lower"))
     for name in ("fmr_", "lr_", "gr_"):
         assert not getattr(det, name).training
 
@@ -81,6 +92,7 @@ def test_criterion_semantics(digits_small, small_victim):
     frames = {}
     for criterion in ("ssim", "l2", "both"):
         det = CMAGDetector(small_victim, criterion=criterion, stage="gr", confidence_test=False,
+                           combine_tests="min",
                            threshold_quantile=0.1, **FAST)
         frames[criterion] = det.fit(X).reconstruction_errors(X)
         thr = det.thresholds_.loc["gr"]
@@ -97,7 +109,7 @@ def test_criterion_semantics(digits_small, small_victim):
 def test_confidence_test_flags_low_margins(digits_small, small_victim):
     X, _ = digits_small
     det = CMAGDetector(small_victim, stage="fmr", criterion="ssim", threshold_quantile=0.1,
-                       **FAST).fit(X)
+                       confidence_test=True, combine_tests="min", **FAST).fit(X)
     f = det.reconstruction_errors(X)
     fail_ssim = f["ssim_fmr"] < det.threshold_ssim_
     fail_conf = f["confidence"] < det.confidence_threshold_
@@ -152,7 +164,8 @@ def test_paper_constructor():
 
 def test_stage_all_flags_union_of_stages(digits_small, small_victim):
     X, _ = digits_small
-    det_all = CMAGDetector(FrozenEstimator(small_victim), stage="all", threshold_quantile=0.1, **FAST).fit(X)
+    det_all = CMAGDetector(FrozenEstimator(small_victim), stage="all", threshold_quantile=0.1,
+                           combine_tests="min", **FAST).fit(X)
     flags = np.zeros(len(X), bool)
     for stage in ("fmr", "lr", "gr"):
         det = clone(det_all).set_params(stage=stage).fit(X)
@@ -258,3 +271,81 @@ def test_reconstruct_defaults_to_the_scored_stage(digits_det, digits_small):
         # Same networks, another scored stage: no refit needed to read the default.
         other.__dict__.update({k: v for k, v in vars(det).items() if k.endswith("_")})
         np.testing.assert_array_equal(other.reconstruct(X), by_stage[expected])
+def test_two_sided_confidence_test_flags_both_tails(digits_det, digits_small):
+    """confidence_test="two-sided" also flags margins above the upper clean quantile."""
+    X, _ = digits_small
+    det = copy.copy(digits_det)  # the fitted networks, own parameters
+    det.set_params(threshold_quantile=0.1, confidence_test="two-sided", criterion="ssim",
+                   combine_tests="min").recalibrate()
+    conf = det.calibration_metrics_["confidence"]
+    assert det.confidence_upper_threshold_ == pytest.approx(np.quantile(conf, 0.9,
+                                                                        method="higher"))
+    f = det.reconstruction_errors(X)
+    fail_ssim = f["ssim_fmr"] < det.threshold_ssim_
+    low = f["confidence"] < det.confidence_threshold_
+    high = f["confidence"] > det.confidence_upper_threshold_
+    assert high.any() and low.any()
+    np.testing.assert_array_equal(f["is_adversarial"], fail_ssim | low | high)
+    # "lower" is the same as True, the one-sided test.
+    det.set_params(confidence_test="lower").recalibrate()
+    np.testing.assert_array_equal(det.predict(X) == -1, fail_ssim | low)
+    det.set_params(confidence_test="both")
+    with pytest.raises(ValueError, match="two-sided"):
+        det.recalibrate()
+
+
+def test_combine_tests_sum_adds_margins_and_thresholds_the_sum(digits_det, digits_small):
+    X, _ = digits_small
+    det = copy.copy(digits_det)  # the fitted networks, own parameters
+    det.set_params(criterion="both", threshold_quantile=0.05, confidence_test=True,
+                   combine_tests="min").recalibrate()
+    f = det.reconstruction_errors(X)
+    thr = det.thresholds_.loc["fmr"]
+    margins = np.stack([(f["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
+                        (thr["l2"] - f["l2_fmr"]) / thr["l2_scale"],
+                        (f["confidence"] - det.confidence_threshold_) / det.confidence_scale_])
+    np.testing.assert_allclose(f["score"], margins.min(axis=0), rtol=1e-5, atol=1e-6)
+    assert det.offset_ == 0.0
+    det.set_params(combine_tests="sum").recalibrate()
+    f = det.reconstruction_errors(X)
+    np.testing.assert_allclose(f["score"], margins.sum(axis=0), rtol=1e-5, atol=1e-5)
+    # The sum is thresholded at its own 5 % quantile on the clean calibration images.
+    cal = det.calibration_metrics_
+    cal_margins = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
+                   + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
+                   + (cal["confidence"] - det.confidence_threshold_) / det.confidence_scale_)
+    assert det.offset_ == pytest.approx(np.quantile(cal_margins, 0.05, method="lower"))
+    np.testing.assert_array_equal(f["is_adversarial"], f["score"] < det.offset_)
+    det.set_params(combine_tests="mean")
+    with pytest.raises(ValueError, match="combine_tests"):
+        det.recalibrate()
+
+
+def test_paper_recipe_unchanged():
+    det = CMAGDetector.paper()
+    assert {k: det.get_params()[k] for k in ("stage", "criterion", "confidence_test",
+                                             "combine_tests", "threshold_quantile",
+                                             "validation_fraction", "combine")} == dict(
+        stage="gr", criterion="both", confidence_test=False, combine_tests="min",
+        threshold_quantile=0.0, validation_fraction=0.0, combine="hadamard")
+    assert det.threshold_rule == "per-test"
+
+
+def test_joint_threshold_rule_cuts_the_min_score_at_its_quantile(digits_det, digits_small):
+    X, _ = digits_small
+    det = copy.copy(digits_det)
+    det.set_params(criterion="both", threshold_quantile=0.05, confidence_test=True,
+                   combine_tests="min").recalibrate()
+    per_test = det.score_samples(X)
+    assert det.offset_ == 0.0
+    det.set_params(threshold_rule="joint").recalibrate()
+    # Same ranking, one cut: the 5 % quantile of the clean calibration min-margins.
+    np.testing.assert_allclose(det.score_samples(X), per_test)
+    cal = det.calibration_metrics_
+    thr = det.thresholds_.loc["fmr"]
+    m = np.minimum.reduce([(cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
+                           (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"],
+                           (cal["confidence"] - det.confidence_threshold_)
+                           / det.confidence_scale_])
+    assert det.offset_ == pytest.approx(np.quantile(m, 0.05, method="lower"))
+    np.testing.assert_allclose(det.decision_function(X), per_test - det.offset_)

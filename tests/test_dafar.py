@@ -1,5 +1,6 @@
 """DAFARDetector: the mirrored feedback decoder, training modes, Eq. (9), scoring, extras."""
 
+import copy
 import pickle
 import warnings
 
@@ -277,6 +278,54 @@ def test_paper_constructor():
     assert params["use_anomaly_detector"] and params["training"] == "plugin"
 
 
+def test_paper_recipe_has_no_confidence_test():
+    params = DAFARDetector.paper().get_params()
+    assert (params["confidence_test"], params["combine_tests"], params["z"],
+            params["validation_fraction"]) == (False, "min", 3.0, 0.0)
+
+
+def test_confidence_test_min_and_sum(digits_det, digits_small):
+    """The confidence test adds a margin to the anomaly test's; recalibrate switches it."""
+    X, _ = digits_small
+    det = copy.copy(digits_det)  # the fitted networks, own parameters
+    plain = det.reconstruction_errors(X)
+    np.testing.assert_allclose(plain["score"], -plain["anomaly_score"])
+    conf = det.calibration_confidence_
+    assert len(conf) == det.n_calibration_
+    det.set_params(confidence_test="two-sided", confidence_quantile=0.1).recalibrate()
+    assert det.confidence_threshold_ == pytest.approx(np.quantile(conf, 0.1, method="lower"))
+    f = det.reconstruction_errors(X)
+    np.testing.assert_allclose(f["anomaly_score"], plain["anomaly_score"])
+    fail_c = f["anomaly_score"] > det.threshold_
+    low = f["confidence"] < det.confidence_threshold_
+    high = f["confidence"] > det.confidence_upper_threshold_
+    assert low.any() and high.any() and det.offset_ == 0.0
+    # "min": flagged exactly when a test fails.
+    np.testing.assert_array_equal(f["is_adversarial"], fail_c | low | high)
+    s = det.test_scales_
+    margins = np.stack([(det.threshold_ - f["anomaly_score"]) / s["anomaly"],
+                        np.minimum((f["confidence"] - det.confidence_threshold_) / s["low"],
+                                   (det.confidence_upper_threshold_ - f["confidence"])
+                                   / s["high"])])
+    np.testing.assert_allclose(f["score"], margins.min(axis=0), rtol=1e-5, atol=1e-5)
+    # "sum": the summed margins, thresholded at their 10 % calibration quantile.
+    det.set_params(combine_tests="sum").recalibrate()
+    f = det.reconstruction_errors(X)
+    np.testing.assert_allclose(f["score"], margins.sum(axis=0), rtol=1e-5, atol=1e-5)
+    a, c = det.calibration_anomaly_scores_, det.calibration_confidence_
+    cal = (det.threshold_ - a) / s["anomaly"] + np.minimum(
+        (c - det.confidence_threshold_) / s["low"], (det.confidence_upper_threshold_ - c) / s["high"])
+    assert det.offset_ == pytest.approx(np.quantile(cal, 0.1, method="lower"))
+    dec, purified = det._detect_and_purify(X[:10])
+    np.testing.assert_allclose(dec, det.decision_function(X[:10]), rtol=1e-6)
+    # calibrate moves offset_ and leaves alpha alone when the score is not -anomaly.
+    alpha = det.threshold_
+    det.calibrate(X, fpr=0.2)
+    assert det.threshold_ == alpha and np.mean(det.predict(X) == -1) <= 0.2
+    det.set_params(confidence_test=False).recalibrate()
+    np.testing.assert_allclose(det.score_samples(X), plain["score"])
+
+
 def test_calibrate_moves_threshold_with_offset(digits_small, small_victim):
     X, _ = digits_small
     det = DAFARDetector(small_victim, **FAST).fit(X[:150])
@@ -345,6 +394,9 @@ def test_not_fitted_and_clone(digits_small):
     ("anomaly_hidden", (8,), "anomaly_hidden"), ("reconstruction_loss", "l1",
                                                  "reconstruction_loss"),
     ("max_epochs", 0, "max_epochs"), ("validation_fraction", 1.0, "validation_fraction"),
+    ("confidence_test", "upper", "confidence_test"), ("confidence_quantile", 0.5,
+                                                      "confidence_quantile"),
+    ("combine_tests", "max", "combine_tests"),
 ])
 def test_invalid_parameters(digits_small, param, value, match):
     X, _ = digits_small

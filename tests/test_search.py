@@ -174,9 +174,10 @@ def test_grid_search_cmag_weights_temperature_and_thresholds(detection_data, tra
     (X, y, groups), (X_held, y_held) = detection_data
     det = CMAGDetector(FrozenEstimator(trained_victim), **TRAINED)
     grid = [
-        # FMR's SSIM and the confidence test (the defaults) at two SSIM/L2 weights,
-        # with the thresholds relaxed to the 5 % quantile of the clean scores ...
-        {"mu_fmr": [0.0, 1.0], "threshold_quantile": [0.05]},
+        # FMR's SSIM and the one-sided confidence test (the former defaults) at two
+        # SSIM/L2 weights, with the thresholds relaxed to the 5 % quantile ...
+        {"mu_fmr": [0.0, 1.0], "threshold_quantile": [0.05], "criterion": ["ssim"],
+         "confidence_test": [True], "combine_tests": ["min"]},
         # ... and LR alone without the confidence test, at two temperatures: weak.
         {"stage": ["lr"], "confidence_test": [False], "temperature": [1.0, 10.0]},
     ]
