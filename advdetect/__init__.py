@@ -8,10 +8,11 @@ negative and ``predict`` returns -1 for inputs flagged as adversarial.
 from .cmag import CMAGDetector
 from .dafar import DAFARDetector
 from .defence import DetectAndPurify
+from .defensegan import DefenseGANDetector
 from .magnet import MagNetDetector
 from .squeeze import FeatureSqueezingDetector
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["CMAGDetector", "DAFARDetector", "DetectAndPurify", "FeatureSqueezingDetector",
-           "MagNetDetector"]
+__all__ = ["CMAGDetector", "DAFARDetector", "DefenseGANDetector", "DetectAndPurify",
+           "FeatureSqueezingDetector", "MagNetDetector"]

@@ -95,7 +95,7 @@ FORMAT_NAME = "advdetect-detector"
 FORMAT_VERSION = 1
 #: The only classes :func:`load` builds.
 DETECTOR_CLASSES = ("CMAGDetector", "DAFARDetector", "FeatureSqueezingDetector",
-                    "MagNetDetector")
+                    "MagNetDetector", "DefenseGANDetector")
 
 _METADATA_KEY = "advdetect"
 # Images run through ``_fit`` (untrained) to build the networks on load.
@@ -105,10 +105,12 @@ _N_PLACEHOLDER = 8
 def _detector_classes():
     from .cmag import CMAGDetector
     from .dafar import DAFARDetector
+    from .defensegan import DefenseGANDetector
     from .magnet import MagNetDetector
     from .squeeze import FeatureSqueezingDetector
 
-    classes = (CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector)
+    classes = (CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector,
+               DefenseGANDetector)
     return {c.__name__: c for c in classes}
 
 

@@ -15,7 +15,8 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector, FeatureSqueezingDetector,
+                       MagNetDetector)
 
 
 def _rebuild_any_width_mlp(n_classes, state, requires_grad, training):
@@ -78,6 +79,8 @@ DETECTORS = [
     _tabular(DAFARDetector, anomaly_max_epochs=2, z=2.0),
     _tabular(MagNetDetector),
     _tabular(FeatureSqueezingDetector),
+    # fpr=0.05: as for DAFAR, some of the 300 training points must be flagged.
+    _tabular(DefenseGANDetector, width=4, latent_dim=4, n_restarts=2, n_steps=5, fpr=0.05),
 ]
 
 # Every check passes; a check that must be declared failing goes here with a

@@ -17,7 +17,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
 import advdetect.persistence as persistence
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector, FeatureSqueezingDetector,
+                       MagNetDetector)
 from advdetect.base import BaseDetector
 from advdetect.models import MNISTCNN, SmallCNN
 from advdetect.persistence import FORMAT_NAME, FORMAT_VERSION, load, save
@@ -33,7 +34,11 @@ CONFIGS = {
     "dafar_no_c": (DAFARDetector, dict(use_anomaly_detector=False, max_epochs=1), False),
     "magnet": (MagNetDetector, dict(max_epochs=1), False),
     "squeeze": (FeatureSqueezingDetector, dict(), False),
+    "defensegan": (DefenseGANDetector, dict(max_epochs=1, n_restarts=2, n_steps=3, width=4,
+                                            latent_dim=4), False),
 }
+# Model-agnostic detectors: loaded without a classifier.
+_AGNOSTIC = ("magnet", "defensegan")
 
 
 def _victim(seed=1):
@@ -67,7 +72,7 @@ def case(request, data, victim, tmp_path_factory):
 
 def _classifier_for(name):
     """A classifier of the saved architecture with other weights: the file's weights win."""
-    return None if name == "magnet" else _victim(seed=123)
+    return None if name in _AGNOSTIC else _victim(seed=123)
 
 
 def _fitted_names(det):
@@ -240,8 +245,8 @@ def test_wrong_classifier_architecture_is_refused(wrong, name, data, victim, tmp
 
 def test_detector_with_a_classifier_needs_one_to_load(case):
     det, path, name = case
-    if name == "magnet":
-        assert isinstance(load(path), MagNetDetector)  # model-agnostic: none needed
+    if name in _AGNOSTIC:
+        assert isinstance(load(path), type(det))  # model-agnostic: none needed
         return
     with pytest.raises(TypeError, match="classifier"):
         load(path)
