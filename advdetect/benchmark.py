@@ -38,7 +38,7 @@ DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
 FULL_ATTACKS = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0", "cw:9",
                 "cw:19", "cw:29", "deepfool", "jsma"]
 #: Detectors the benchmark knows, in table order.
-DETECTORS = ["cmag", "dafar", "magnet", "squeeze"]
+DETECTORS = ["cmag", "dafar", "magnet", "squeeze", "defensegan"]
 
 # Paper figures to print beside ours (ANCHORS.md): detection rate at the
 # detector's own threshold, keyed by (detector, attack).
@@ -50,6 +50,10 @@ PAPER_FIGURES = {
     ("DAFAR", "fgsm:0.3"): 1.00,
     ("MagNet", "fgsm:0.3"): 1.00, ("MagNet", "cw:29"): 0.21, ("MagNet", "deepfool"): 0.97,
     ("Feature Squeezing", "fgsm:0.3"): 0.981, ("Feature Squeezing", "deepfool"): 0.67,
+    # CMAG Table 3 (MNIST), Defense-GAN's column.
+    ("Defense-GAN", "fgsm:0.1"): 1.00, ("Defense-GAN", "fgsm:0.2"): 1.00,
+    ("Defense-GAN", "fgsm:0.3"): 1.00, ("Defense-GAN", "cw:9"): 0.00,
+    ("Defense-GAN", "cw:19"): 0.02, ("Defense-GAN", "cw:29"): 0.05,
 }
 
 
@@ -164,6 +168,10 @@ def _make_detectors(names, victim, seed, epochs, verbose):
             from .magnet import MagNetDetector
             kw = {} if epochs is None else dict(max_epochs=epochs)
             dets["MagNet"] = MagNetDetector(**kw, **common)
+        elif name == "defensegan":
+            from .defensegan import DefenseGANDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs)
+            dets["Defense-GAN"] = DefenseGANDetector(**kw, **common)
         elif name in ("squeeze", "feature_squeezing"):
             from .squeeze import FeatureSqueezingDetector
             dets["Feature Squeezing"] = FeatureSqueezingDetector(frozen, **common)
@@ -279,7 +287,8 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
 
     Parameters
     ----------
-    dataset : {"subset", "full", "digits"}, default="subset"
+    dataset : {"subset", "full", "digits", "fashion"}, default="subset"
+        ``"fashion"``: Fashion-MNIST (:func:`~advdetect.datasets.load_fashion_mnist`).
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"``, each run with the attack's defaults otherwise.
     seed : int, default=0
@@ -318,6 +327,9 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
 
     if dataset == "digits":
         X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
+    elif dataset == "fashion":  # CMAG Table 4
+        from .datasets import load_fashion_mnist
+        X_tr, y_tr, X_te, y_te = load_fashion_mnist(random_state=seed)
     else:
         X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
     rng = np.random.default_rng(seed)
