@@ -419,9 +419,10 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     attacks : list of str, default=DEMO_ATTACKS
         ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
     detectors : list of str, default=DETECTORS
-        Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``; the
-        tables name them ``"CMAG"``, ``"DAFAR"``, ``"MagNet"``, ``"Feature
-        Squeezing"`` (plus the scoring variants of the fitted ones).
+        Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``,
+        ``"defensegan"``; the tables name them ``"CMAG"``, ``"DAFAR"``,
+        ``"MagNet"``, ``"Feature Squeezing"``, ``"Defense-GAN"`` (plus the
+        scoring variants of the fitted ones).
     seed : int, default=0
     n_train : int, default=4000
         Clean training images the detectors are fitted on (the victim trains
