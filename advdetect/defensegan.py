@@ -11,6 +11,7 @@ authors' code: GitHub ``kabkabm/defensegan``
 (``experiments/cfgs/gans/{default,mnist}.yml``, ``models/gan.py``).
 """
 
+import copy
 import numbers
 
 import numpy as np
@@ -22,7 +23,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
 from .base import BaseDetector, batched, train_module
-from .nn.gan import WGAN, gradient_penalty, latent_search
+from .nn.gan import WGAN, DefenseGANDecision, gradient_penalty, latent_search
 
 __all__ = ["DefenseGANDetector", "WGANGPNet"]
 
@@ -391,6 +392,48 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         if ndim == 2:
             return rec.reshape(len(rec), -1)
         return rec[:, 0] if ndim == 3 else rec
+
+    def to_torch(self):
+        """The decision function as a ``torch.nn.Module``: ``forward(x)`` -> ``(n,)``.
+
+        ``forward(x)`` equals :meth:`decision_function` (up to float32 rounding,
+        which depends on the batch) for ``x`` a float32 tensor of images in
+        the fitted shape, on the detector's device. The module is in eval mode
+        with frozen parameters (a copy of the generator); the latent search
+        inside runs with autograd switched on even under ``torch.no_grad()``,
+        and the gradient with respect to ``x`` holds ``z*`` fixed (see
+        :class:`~advdetect.nn.gan.DefenseGANDecision`).
+
+        Returns
+        -------
+        advdetect.nn.gan.DefenseGANDecision
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            When the detector is not fitted.
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from advdetect import DefenseGANDetector
+        >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+        >>> det = DefenseGANDetector(max_epochs=1, n_restarts=2, n_steps=3, width=4,
+        ...                          latent_dim=4, device="cpu", random_state=0).fit(X)
+        >>> module = det.to_torch()
+        >>> out = module(torch.as_tensor(X[:4]))
+        >>> out.shape, bool(np.allclose(out.detach().numpy(), det.decision_function(X[:4]),
+        ...                             rtol=1e-4, atol=1e-4))
+        (torch.Size([4]), True)
+        """
+        check_is_fitted(self)
+        module = DefenseGANDecision(copy.deepcopy(self.generator_), self._latent_start(),
+                                    self.n_steps, self.search_lr, self.search_momentum,
+                                    self.offset_, self.image_shape_)
+        module = module.to(self.device_).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -232,3 +232,23 @@ def test_mnist_fgsm_is_detected(mnist_small, mnist_victim):
     y = np.r_[np.ones(100), -np.ones(100)]
     assert roc_auc_score(y, np.r_[clean, adv]) > 0.75
     assert np.mean(det.predict(X_adv) == -1) > np.mean(det.predict(X_te[:100]) == -1) + 0.1
+
+
+def test_to_torch_is_the_decision_function_and_differentiable(digits_det, digits_small):
+    X, _ = digits_small
+    module = digits_det.to_torch()
+    assert not module.training and not any(p.requires_grad for p in module.parameters())
+    x = torch.as_tensor(X[:12]).requires_grad_(True)
+    out = module(x)
+    assert out.shape == (12,)
+    np.testing.assert_allclose(out.detach().numpy(), digits_det.decision_function(X[:12]),
+                               rtol=1e-4, atol=1e-4)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # z* held fixed: the gradient is that of -||G(z*) - x||^2, i.e. 2 (G(z*) - x).
+    rec = torch.as_tensor(digits_det.transform(X[:12]))
+    torch.testing.assert_close(grad, 2 * (rec - x.detach()), rtol=1e-3, atol=1e-4)
+    with torch.no_grad():  # the search still runs
+        np.testing.assert_allclose(module(x).numpy(), out.detach().numpy(), rtol=1e-5)
+    # The detector's generator is not shared (nor changed) by the module.
+    assert module.generator is not digits_det.generator_

@@ -23,7 +23,8 @@ from torch import nn
 
 from .reconstructors import OutputRange
 
-__all__ = ["WGANGenerator", "WGANCritic", "WGAN", "gradient_penalty", "latent_search"]
+__all__ = ["WGANGenerator", "WGANCritic", "WGAN", "gradient_penalty", "latent_search",
+           "DefenseGANDecision"]
 
 
 def _levels(image_shape):
@@ -225,3 +226,44 @@ def latent_search(generator, x, z0, n_steps, lr, momentum=0.7):
         err = (rec - target).pow(2).flatten(1).sum(1).view(n, n_restarts)
         best = err.argmin(dim=1) + torch.arange(n, device=x.device) * n_restarts
     return rec[best].detach(), z[best]
+
+
+class DefenseGANDecision(nn.Module):
+    """Defense-GAN's decision function as a torch module (``DefenseGANDetector.to_torch``).
+
+    ``forward(x)`` returns ``-||G(z*) - x||_2^2 - offset`` of shape ``(n,)``,
+    negative for inputs flagged as adversarial. ``x`` is ``(n, C, H, W)`` or
+    anything with ``n * C * H * W`` values (it is reshaped). The latent search
+    runs with autograd switched on inside (even under ``torch.no_grad()``);
+    the gradient of the output with respect to ``x`` flows through the final
+    ``||G(z*) - x||^2`` only, with ``z*`` held fixed: the exact gradient of
+    ``min_z ||G(z) - x||^2`` at a minimum (the envelope theorem), which is
+    what an adaptive attack on the detector needs.
+
+    Parameters
+    ----------
+    generator : torch.nn.Module
+    latent_start : torch.Tensor of shape (L, latent_dim)
+    n_steps : int
+    lr : float
+    momentum : float
+    offset : float
+    image_shape : tuple (C, H, W)
+    """
+
+    def __init__(self, generator, latent_start, n_steps, lr, momentum, offset, image_shape):
+        super().__init__()
+        self.generator = generator
+        self.register_buffer("latent_start", latent_start.detach().clone())
+        self.register_buffer("offset", torch.tensor(float(offset)))
+        self.n_steps = int(n_steps)
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    def forward(self, x):
+        x = x.reshape((len(x),) + self.image_shape)
+        _, z = latent_search(self.generator, x, self.latent_start, self.n_steps, self.lr,
+                             self.momentum)
+        err = (self.generator(z) - x).pow(2).flatten(1).sum(1)
+        return -err - self.offset.to(err.dtype)
