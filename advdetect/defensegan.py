@@ -169,9 +169,10 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         Seed of the starting points, N(0, I / latent_dim) as the authors'
         code; the same L points start every image's search, so an image's
         score does not depend on the images scored beside it.
-    validation_errors_ : ndarray of shape (n_calibration_,), float64
-        ``||G(z*) - x||^2`` of the clean held-out images.
+    validation_errors_ : ndarray of shape (n_calibration,), float64
+        ``||G(z*) - x||^2`` of the ``n_calibration_`` clean held-out images.
     n_calibration_ : int
+        Number of clean held-out images the threshold was learned on.
     offset_ : float
         ``decision_function = score_samples - offset_``.
     image_shape_ : tuple
