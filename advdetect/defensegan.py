@@ -201,7 +201,12 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
     there and gave digit-like reconstructions (ROC-AUC 0.98 against
     sign noise of 0.3 on clean test digits). The reference trains 200,000
     generator steps on 50,000 images, which a CPU cannot afford; raise
-    ``max_epochs`` and ``width`` where you can.
+    ``max_epochs`` and ``width`` where you can. **Fewer steps fail**: with
+    the same 30 epochs on 1,800 images (850 critic, 170 generator steps)
+    G(z*) was not yet digit-like, and FGSM images scored *cleaner* than clean
+    ones (ROC-AUC 0.15-0.25, ``docs/benchmarks/purifiers-30-epochs``). On
+    fewer images raise ``max_epochs`` so that ``max_epochs * n_train /
+    batch_size`` stays above ~1,700.
 
     Differences from the reference code, and why:
 
