@@ -194,9 +194,9 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
     ~0.4 M multiply-add generator (width 8, MNIST), the paper's recipe 2,000
     passes of a ~24 M one (width 64), about 600x the work. Measured on this
     project's 2-core CPU machine while shared with other jobs (load ~15): at
-    width 32 the defaults scored 5.6 MNIST images/s, at width 8 12.7 images/s
-    (``benchmarks/bench_purifiers.py`` prints the throughput beside the
-    classifier's own forward pass). Training: 30 epochs on 3,600 MNIST
+    width 32 the defaults scored 5.6 MNIST images/s, at width 8 12.7 images/s;
+    at a lighter load ``benchmarks/bench_purifiers.py`` measured 211 images/s,
+    69x the cost of the classifier's own forward pass (MNIST CNN, batch 256). Training: 30 epochs on 3,600 MNIST
     images (1,700 critic and 340 generator steps) took about 4 minutes
     there and gave digit-like reconstructions (ROC-AUC 0.98 against
     sign noise of 0.3 on clean test digits). The reference trains 200,000
