@@ -9,12 +9,12 @@ from .binary import BinaryClassifierDetector
 from .cmag import CMAGDetector
 from .dafar import DAFARDetector
 from .defence import DetectAndPurify
+from .defensegan import DefenseGANDetector
 from .magnet import MagNetDetector
 from .mahalanobis import MahalanobisDetector
 from .squeeze import FeatureSqueezingDetector
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["CMAGDetector", "DAFARDetector", "DetectAndPurify", "FeatureSqueezingDetector",
-           "MagNetDetector"]
-__all__ += ["BinaryClassifierDetector", "MahalanobisDetector"]
+__all__ = ["BinaryClassifierDetector", "CMAGDetector", "DAFARDetector", "DefenseGANDetector",
+           "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector"]

@@ -29,10 +29,11 @@ import torch
 
 from .metrics import detection_report
 
-__all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "FULL_ATTACKS", "DETECTORS",
-           "OPTIONAL_DETECTORS", "QUICK", "VICTIMS", "format_adaptive_report", "format_summary",
-           "parse_attack", "plot_bypass", "prepare_benchmark", "run_adaptive_benchmark",
-           "run_benchmark", "to_markdown", "victim_recipe", "victim_settings"]
+__all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "DEMO_DETECTORS",
+           "DETECTORS", "FULL_ATTACKS", "OPTIONAL_DETECTORS", "QUICK", "VICTIMS",
+           "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
+           "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "to_markdown",
+           "victim_recipe", "victim_settings"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
 DEMO_ATTACKS = ["fgsm:0.1", "fgsm:0.3", "pgd:0.3", "cw:0", "deepfool"]
@@ -47,7 +48,10 @@ QUICK = dict(n_train=1000, n_test=200, n_attack=50, victim_epochs=8, detector_ep
 QUICK_BANNER = ("QUICK RUN: a smoke test at tiny sizes (1,000 training images, a few epochs); "
                 "its figures are not measurements of the detectors.")
 #: Detectors the benchmark knows, in table order.
-DETECTORS = ["cmag", "dafar", "magnet", "squeeze", "mahalanobis"]
+DETECTORS = ["cmag", "dafar", "magnet", "squeeze", "mahalanobis", "defensegan"]
+#: Detectors of ``advdetect demo``: the benchmark's less Defense-GAN, whose latent search
+#: makes it the slowest to score by far.
+DEMO_DETECTORS = ["cmag", "dafar", "magnet", "squeeze", "mahalanobis"]
 #: Detectors it runs only when named: the supervised binary classifier needs adversarial
 #: training examples (it is trained on the first attack's examples of training images).
 OPTIONAL_DETECTORS = ["binary"]
@@ -62,6 +66,10 @@ PAPER_FIGURES = {
     ("DAFAR", "fgsm:0.3"): 1.00,
     ("MagNet", "fgsm:0.3"): 1.00, ("MagNet", "cw:29"): 0.21, ("MagNet", "deepfool"): 0.97,
     ("Feature Squeezing", "fgsm:0.3"): 0.981, ("Feature Squeezing", "deepfool"): 0.67,
+    # CMAG Table 3 (MNIST), Defense-GAN's column.
+    ("Defense-GAN", "fgsm:0.1"): 1.00, ("Defense-GAN", "fgsm:0.2"): 1.00,
+    ("Defense-GAN", "fgsm:0.3"): 1.00, ("Defense-GAN", "cw:9"): 0.00,
+    ("Defense-GAN", "cw:19"): 0.02, ("Defense-GAN", "cw:29"): 0.05,
 }
 
 #: The same on Fashion-MNIST (CMAG Table 4: CMAG and MagNet; DAFAR reports none).
@@ -238,6 +246,10 @@ def _make_detectors(names, victim, seed, epochs, verbose):
             from .magnet import MagNetDetector
             kw = {} if epochs is None else dict(max_epochs=epochs)
             dets["MagNet"] = MagNetDetector(**kw, **common)
+        elif name == "defensegan":
+            from .defensegan import DefenseGANDetector
+            kw = {} if epochs is None else dict(max_epochs=epochs)
+            dets["Defense-GAN"] = DefenseGANDetector(**kw, **common)
         elif name in ("squeeze", "feature_squeezing"):
             from .squeeze import FeatureSqueezingDetector
             dets["Feature Squeezing"] = FeatureSqueezingDetector(frozen, **common)
@@ -505,7 +517,7 @@ def prepare_benchmark(dataset="subset", attacks=DEMO_ATTACKS, *, seed=0, n_train
         parse_attack(spec)
     if dataset == "digits":
         X_tr, y_tr, X_te, y_te = load_digits(random_state=seed)
-    elif dataset == "fashion":
+    elif dataset == "fashion":  # CMAG Table 4
         X_tr, y_tr, X_te, y_te = load_fashion_mnist()
     else:
         X_tr, y_tr, X_te, y_te = load_mnist(source=dataset, random_state=seed)
@@ -618,9 +630,10 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
         ``"name:strength"`` (eps for FGSM/PGD/BIM, confidence for CW).
     detectors : list of str, default=DETECTORS
         Any of ``"cmag"``, ``"dafar"``, ``"magnet"``, ``"squeeze"``,
-        ``"mahalanobis"``, ``"binary"``; the tables name them ``"CMAG"``,
-        ``"DAFAR"``, ``"MagNet"``, ``"Feature Squeezing"``, ``"Mahalanobis"``,
-        ``"Binary classifier"`` (plus the scoring variants of the fitted ones).
+        ``"mahalanobis"``, ``"defensegan"``, ``"binary"``; the tables name them
+        ``"CMAG"``, ``"DAFAR"``, ``"MagNet"``, ``"Feature Squeezing"``,
+        ``"Mahalanobis"``, ``"Defense-GAN"``, ``"Binary classifier"`` (plus the
+        scoring variants of the fitted ones).
         ``"binary"`` (not in the default list) is the supervised detector: it is
         trained on clean training images and the first attack's examples of up to
         2,000 of them, so its timing's fit seconds include that attack.

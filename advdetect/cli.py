@@ -12,9 +12,9 @@ import json
 import sys
 import warnings
 
-from .benchmark import (DEMO_ATTACKS, DETECTORS, FULL_ATTACKS, OPTIONAL_DETECTORS, QUICK,
-                        format_adaptive_report, format_summary, run_adaptive_benchmark,
-                        run_benchmark, victim_settings)
+from .benchmark import (DEMO_ATTACKS, DEMO_DETECTORS, DETECTORS, FULL_ATTACKS,
+                        OPTIONAL_DETECTORS, QUICK, format_adaptive_report, format_summary,
+                        run_adaptive_benchmark, run_benchmark, victim_settings)
 
 __all__ = ["main"]
 
@@ -106,7 +106,7 @@ def main(argv=None):
     if args.command == "benchmark" and args.adaptive:
         return _adaptive(args, log)
     if args.command == "demo":
-        kwargs.update(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS)
+        kwargs.update(dataset="subset", attacks=DEMO_ATTACKS, detectors=DEMO_DETECTORS)
         kwargs.update(preset)
     else:
         kwargs.update(dataset=args.dataset, attacks=FULL_ATTACKS, detectors=args.detectors,

@@ -95,7 +95,8 @@ FORMAT_NAME = "advdetect-detector"
 FORMAT_VERSION = 1
 #: The only classes :func:`load` builds.
 DETECTOR_CLASSES = ("CMAGDetector", "DAFARDetector", "FeatureSqueezingDetector",
-                    "MagNetDetector", "MahalanobisDetector", "BinaryClassifierDetector")
+                    "MagNetDetector", "MahalanobisDetector", "BinaryClassifierDetector",
+                    "DefenseGANDetector")
 
 _METADATA_KEY = "advdetect"
 # Images run through ``_fit`` (untrained) to build the networks on load.
@@ -105,6 +106,7 @@ _N_PLACEHOLDER = 8
 def _detector_classes():
     from .cmag import CMAGDetector
     from .dafar import DAFARDetector
+    from .defensegan import DefenseGANDetector
     from .magnet import MagNetDetector
     from .squeeze import FeatureSqueezingDetector
 
@@ -112,7 +114,7 @@ def _detector_classes():
     from .binary import BinaryClassifierDetector
     from .mahalanobis import MahalanobisDetector
 
-    classes += (MahalanobisDetector, BinaryClassifierDetector)
+    classes += (MahalanobisDetector, BinaryClassifierDetector, DefenseGANDetector)
     return {c.__name__: c for c in classes}
 
 

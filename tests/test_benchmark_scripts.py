@@ -18,12 +18,16 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
     ("bench_attacks.py", ["fgsm:0.3", "cw:0"], ["seconds_per_1000", "CW-L2 target"]),
     ("bench_transfer.py", ["fgsm:0.1", "fgsm:0.3"], ["Binary (input, fgsm:0.1)", "Mahalanobis",
                                                      "ROC-AUC", "Cost"]),
+    ("bench_purifiers.py", ["fgsm:0.3", "pgd:0.3"], ["Defense-GAN G(z*)", "binary filter",
+                                                     "The paper's Fig. 9", "ROC-AUC", "Timing"]),
 ])
 def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     args = [sys.executable, str(BENCH / script), "--quick", "--dataset", "digits",
             "--cache-dir", "", "--output", str(tmp_path), "--attacks", *attacks]
     if script == "bench_detectors.py":
         args += ["--detectors", "cmag", "squeeze", "--no-plots"]
+    if script == "bench_purifiers.py":
+        args += ["--detection-attacks", "fgsm:0.3"]
     env = dict(os.environ, MPLBACKEND="Agg")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env,
                           cwd=tmp_path)
@@ -31,8 +35,8 @@ def test_benchmark_script_smoke(script, attacks, expect, tmp_path):
     assert proc.stdout.startswith("settings: {")
     for text in expect:
         assert text in proc.stdout, text
-    report = {"bench_attacks.py": "attacks.md", "bench_transfer.py": "transfer.md"}.get(
-        script, "report.md")
+    report = {"bench_attacks.py": "attacks.md", "bench_transfer.py": "transfer.md",
+              "bench_purifiers.py": "purifiers.md"}.get(script, "report.md")
     assert "## Settings" in (tmp_path / report).read_text()
 
 

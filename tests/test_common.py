@@ -15,8 +15,8 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
-from advdetect import BinaryClassifierDetector, MahalanobisDetector
+from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector, DefenseGANDetector,
+                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector)
 
 
 def _rebuild_any_width_mlp(n_classes, state, requires_grad, training):
@@ -83,6 +83,8 @@ DETECTORS = [
     # flagged; at 0.01 the threshold (the lowest of 60 held-out scores) flags none.
     _tabular(MahalanobisDetector, feature_layer="fc1", fpr=0.05),
     _tabular(BinaryClassifierDetector),
+    # fpr=0.05: as for DAFAR, some of the 300 training points must be flagged.
+    _tabular(DefenseGANDetector, width=4, latent_dim=4, n_restarts=2, n_steps=5, fpr=0.05),
 ]
 
 # Every check passes; a check that must be declared failing goes here with a

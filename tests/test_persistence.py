@@ -17,8 +17,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
 import advdetect.persistence as persistence
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
-from advdetect import BinaryClassifierDetector, MahalanobisDetector
+from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector, DefenseGANDetector,
+                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector)
 from advdetect.base import BaseDetector
 from advdetect.models import MNISTCNN, SmallCNN
 from advdetect.persistence import FORMAT_NAME, FORMAT_VERSION, load, save
@@ -40,7 +40,11 @@ CONFIGS = {
     "mahalanobis_logistic": (MahalanobisDetector, dict(feature_layer="blocks",
                                                        combine="logistic"), "outlier"),
     "binary_features": (BinaryClassifierDetector, dict(on="features", max_epochs=1), "outlier"),
+    "defensegan": (DefenseGANDetector, dict(max_epochs=1, n_restarts=2, n_steps=3, width=4,
+                                            latent_dim=4), False),
 }
+# Model-agnostic detectors: loaded without a classifier.
+_AGNOSTIC = ("magnet", "defensegan")
 
 
 def _victim(seed=1):
@@ -77,7 +81,7 @@ def case(request, data, victim, tmp_path_factory):
 def _classifier_for(name):
     """A new classifier object with the fitted weights (load checks them against the
     saved digest); the detector's copy is rebuilt from the file's weights."""
-    return None if name == "magnet" else _victim(seed=1)
+    return None if name in _AGNOSTIC else _victim(seed=1)
 
 
 def _fitted_names(det):
@@ -250,8 +254,8 @@ def test_wrong_classifier_architecture_is_refused(wrong, name, data, victim, tmp
 
 def test_detector_with_a_classifier_needs_one_to_load(case):
     det, path, name = case
-    if name == "magnet":
-        assert isinstance(load(path), MagNetDetector)  # model-agnostic: none needed
+    if name in _AGNOSTIC:
+        assert isinstance(load(path), type(det))  # model-agnostic: none needed
         return
     with pytest.raises(TypeError, match="classifier"):
         load(path)

@@ -28,7 +28,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.validation import check_is_fitted
 
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector, FeatureSqueezingDetector,
+                       MagNetDetector)
 from advdetect.base import unwrap_classifier
 from advdetect.metrics import (DETECTION_SCORERS, detection_rate_scorer, detection_roc_auc,
                                neg_false_positive_rate_scorer, roc_auc_scorer)
@@ -42,6 +43,8 @@ FAST = {
     DAFARDetector: dict(max_epochs=1, anomaly_max_epochs=2, device="cpu", random_state=0),
     MagNetDetector: dict(max_epochs=1, device="cpu", random_state=0),
     FeatureSqueezingDetector: dict(device="cpu", random_state=0),
+    DefenseGANDetector: dict(max_epochs=1, width=4, latent_dim=4, n_restarts=2, n_steps=3,
+                             device="cpu", random_state=0),
 }
 DETECTORS = list(FAST)
 IDS = [cls.__name__ for cls in DETECTORS]
@@ -403,7 +406,8 @@ _SCRIPT = """
 import sys
 import numpy as np, torch
 torch.set_num_threads(1)
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector,
+                       FeatureSqueezingDetector, MagNetDetector)
 from advdetect.models import SmallCNN
 
 victim_path, data_path, out_path = sys.argv[1:4]
@@ -416,6 +420,8 @@ detectors = {
     "dafar": DAFARDetector(victim, max_epochs=1, anomaly_max_epochs=2, **common),
     "magnet": MagNetDetector(max_epochs=1, **common),
     "squeeze": FeatureSqueezingDetector(victim, **common),
+    "defensegan": DefenseGANDetector(max_epochs=1, width=4, latent_dim=4, n_restarts=2,
+                                     n_steps=3, **common),
 }
 np.savez(out_path, **{name: det.fit(X[:100]).score_samples(X[100:])
                       for name, det in detectors.items()})
@@ -435,7 +441,7 @@ def test_same_seed_same_scores_across_processes(tmp_path, digits_small, small_vi
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
     first, second = (np.load(tmp_path / f"scores{i}.npz") for i in range(2))
-    assert sorted(first.files) == ["cmag", "dafar", "magnet", "squeeze"]
+    assert sorted(first.files) == ["cmag", "dafar", "defensegan", "magnet", "squeeze"]
     for name in first.files:
         scores = first[name]
         assert scores.shape == (60,) and np.all(np.isfinite(scores))

@@ -22,7 +22,8 @@ from sklearn.linear_model import LogisticRegression
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector
+from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector, FeatureSqueezingDetector,
+                       MagNetDetector)
 from advdetect.models import MNISTCNN, SmallCNN
 
 SHAPE = (1, 8, 8)
@@ -31,10 +32,11 @@ FAST = {
     DAFARDetector: dict(max_epochs=1, anomaly_max_epochs=1),
     MagNetDetector: dict(max_epochs=1),
     FeatureSqueezingDetector: {},
+    DefenseGANDetector: dict(max_epochs=1, width=4, latent_dim=4, n_restarts=2, n_steps=3),
 }
 DETECTORS = list(FAST)
 MODEL_AWARE = [CMAGDetector, DAFARDetector, FeatureSqueezingDetector]
-NO_CLASSIFIER = ("MagNet is model-agnostic: it never reads the classifier "
+NO_CLASSIFIER = ("MagNet and Defense-GAN are model-agnostic: they never read the classifier "
                  "(test_magnet.py::test_classifier_is_ignored)")
 
 
@@ -208,7 +210,7 @@ BAD_CLASSIFIERS = {
 
 @pytest.mark.parametrize("case", list(BAD_CLASSIFIERS))
 def test_bad_classifier_is_rejected_and_scores_are_unchanged(fitted, images, case):
-    if isinstance(fitted, MagNetDetector):
+    if isinstance(fitted, (MagNetDetector, DefenseGANDetector)):
         pytest.skip(NO_CLASSIFIER)
     make_bad, error, match = BAD_CLASSIFIERS[case]
     before = fitted.score_samples(images[:5])
