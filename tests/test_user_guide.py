@@ -54,6 +54,7 @@ def names(digits_small, small_victim):
     y_true = np.concatenate([y_test[:40], y_adv[:40]])
     adversarial = np.r_[np.zeros(40, bool), np.ones(len(X_adv[:40]), bool)]
     return dict(victim=small_victim, FrozenEstimator=FrozenEstimator, X_train=X_train,
+                y_train=y_all[:160], source_index=np.flatnonzero(adv.success),
                 X=X_test[:16], X_clean=X_train, X_clean_holdout=X_test,
                 X_test=X_test, y_test=y_test, X_adv=X_adv, y_adv=y_adv,
                 X_mixed=X_mixed, y_true=y_true, adversarial=adversarial,
@@ -85,6 +86,16 @@ def _prelude(page, ns, tmp_path):
             nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Linear(128, 10))
         torch.save(model.state_dict(), tmp_path / "my_cifar_model.pt")
         ns["X_clean"] = np.random.default_rng(0).random((40, 3, 32, 32), dtype=np.float32)
+    if page.name == "scaling.rst":
+        # The search of the page runs on a detection data set (as thresholds.rst builds it).
+        from advdetect.model_selection import make_detection_dataset
+        ns["X"], ns["y"], ns["groups"] = make_detection_dataset(
+            ns["X_test"], ns["X_adv"], source_index=ns["source_index"])
+        # The streaming snippet scores a file and a torch Dataset with a fitted detector.
+        from advdetect import MagNetDetector
+        np.save(tmp_path / "images.npy", ns["X_test"])
+        ns["my_dataset"] = torch.utils.data.TensorDataset(torch.from_numpy(ns["X_test"]))
+        ns["detector"] = MagNetDetector(max_epochs=1, random_state=0).fit(ns["X_train"])
     if page.name == "README.md":
         # The README's quick start loads the MNIST subset: keep it to 300 images.
         from advdetect import datasets
