@@ -1094,6 +1094,24 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
+    @staticmethod
+    def _in_input_layout(images, X):
+        """Reconstructions ``(n, C, H, W)`` in the layout ``X`` was given in.
+
+        The one layout rule of every ``transform`` (DAFAR, MagNet, Defense-GAN),
+        so that the next step of a Pipeline sees what it was given: flat rows
+        ``(n, C*H*W)`` stay flat, greyscale ``(n, H, W)`` stays 3-D, anything
+        else (4-D arrays, memory maps, torch Datasets and DataLoaders) is
+        ``(n, C, H, W)``.
+        """
+        ndim = X.ndim if hasattr(X, "ndim") else (
+            np.ndim(np.asarray(X, dtype=object)) if isinstance(X, (list, tuple)) else 4)
+        if ndim == 2:
+            return images.reshape(len(images), -1)
+        if ndim == 3 and images.shape[1] == 1:
+            return images[:, 0]
+        return images
+
     def reconstruction_errors(self, X):
         """Every per-sample metric the detector computes, one row per sample.
 

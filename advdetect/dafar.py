@@ -625,13 +625,13 @@ class DAFARDetector(TransformerMixin, BaseDetector):
 
         Returns
         -------
-        ndarray of shape (n_samples, C, H, W), or (n_samples, C*H*W) for 2-D X
-            float32, in ``input_range``. Flat rows in give flat rows out, so
-            that the next step of a Pipeline sees the layout it was given.
+        ndarray of shape (n_samples, C, H, W), (n_samples, H, W) for 3-D X, or
+            (n_samples, C*H*W) for 2-D X
+            float32, in ``input_range``. The layout of ``X`` is kept (the rule
+            every detector's ``transform`` shares), so that the next step of a
+            Pipeline sees the layout it was given.
         """
-        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
-        images = self.reconstruct(X)
-        return images.reshape(len(images), -1) if ndim == 2 else images
+        return self._in_input_layout(self.reconstruct(X), X)
 
     def predict_classes(self, X):
         """Class indices from the detector's classifier copy (argmax of its scores).

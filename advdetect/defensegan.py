@@ -393,11 +393,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         -------
         ndarray of the shape of X, float32
         """
-        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
-        rec = self.reconstruct(X)
-        if ndim == 2:
-            return rec.reshape(len(rec), -1)
-        return rec[:, 0] if ndim == 3 else rec
+        return self._in_input_layout(self.reconstruct(X), X)
 
     def to_torch(self):
         """The decision function as a ``torch.nn.Module``: ``forward(x)`` -> ``(n,)``.

@@ -21,7 +21,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from .base import BaseDetector, batched, train_module
-from .nn.reconstructors import OutputRange
+from .nn.reconstructors import CropTo, OutputRange
 
 __all__ = ["MagNetDetector", "MagNetAutoencoder", "DenoisingAutoencoderNet"]
 
@@ -32,20 +32,6 @@ MNIST_STRUCTURES = {"I": (3, "average", 3), "II": (3,)}
 # Reconstruction-error norm of each detector (test_defense.py: p=2 for I, 1 for II).
 _P = {"I": 2, "II": 1}
 _DETECTORS = ("I", "II")
-
-
-class _CropTo(nn.Module):
-    """Crop the spatial size back after upsampling an odd-sized map."""
-
-    def __init__(self, size):
-        super().__init__()
-        self.size = tuple(size)
-
-    def forward(self, x):
-        return x[:, :, :self.size[0], :self.size[1]]
-
-    def extra_repr(self):
-        return f"size={self.size}"
 
 
 class MagNetAutoencoder(nn.Module):
@@ -110,7 +96,7 @@ class MagNetAutoencoder(nn.Module):
                     channels = int(item)
                 else:
                     sizes.pop()
-                    layers += [nn.Upsample(scale_factor=2, mode="nearest"), _CropTo(sizes[-1])]
+                    layers += [nn.Upsample(scale_factor=2, mode="nearest"), CropTo(sizes[-1])]
             layers.append(nn.Conv2d(channels, c, 3, padding=1))
         else:
             d = c * h * w
@@ -484,11 +470,7 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         -------
         ndarray of the shape of X, float32
         """
-        ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
-        rec = self.reconstruct(X)
-        if ndim == 2:
-            return rec.reshape(len(rec), -1)
-        return rec[:, 0] if ndim == 3 else rec
+        return self._in_input_layout(self.reconstruct(X), X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

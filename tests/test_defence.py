@@ -186,3 +186,22 @@ def test_predict_proba_exists_only_when_the_classifier_has_one():
     no_proba = DetectAndPurify(FrozenEstimator(LinearSVC()), _MockDetector())
     assert not hasattr(no_proba, "predict_proba")
     assert not hasattr(no_proba, "predict_log_proba")
+
+
+def test_every_transform_keeps_the_layout_it_was_given(digits_small):
+    # One layout rule for DAFAR, MagNet and Defense-GAN (they disagreed on 3-D input).
+    from advdetect import DAFARDetector, DefenseGANDetector, MagNetDetector
+    from advdetect.models import SmallCNN
+
+    X, _ = digits_small
+    fast = dict(max_epochs=1, device="cpu", random_state=0)
+    dets = [DAFARDetector(SmallCNN(), anomaly_max_epochs=1, **fast),
+            MagNetDetector(**fast),
+            DefenseGANDetector(width=4, latent_dim=4, n_restarts=1, n_steps=2, **fast)]
+    for det in dets:
+        det.fit(X[:120])
+        four = det.transform(X[:5])
+        assert four.shape == (5, 1, 8, 8), type(det).__name__
+        np.testing.assert_array_equal(det.transform(X[:5, 0]), four[:, 0])   # (n, H, W)
+        np.testing.assert_array_equal(det.transform(X[:5].reshape(5, -1) if False else X[:5]),
+                                      four)

@@ -29,14 +29,14 @@ def digits_det(digits_small):
 def test_mnist_networks_are_the_references():
     g = WGANGenerator((1, 28, 28), latent_dim=128, width=64)
     kinds = [type(m).__name__ for m in g.body]
-    assert kinds == ["Linear", "ReLU", "Unflatten", "ConvTranspose2d", "_Crop", "ReLU",
-                     "ConvTranspose2d", "_Crop", "ReLU", "ConvTranspose2d", "_Crop"]
+    assert kinds == ["Linear", "ReLU", "Unflatten", "ConvTranspose2d", "CropTo", "ReLU",
+                     "ConvTranspose2d", "CropTo", "ReLU", "ConvTranspose2d", "CropTo"]
     convs = [m for m in g.body if isinstance(m, nn.ConvTranspose2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(256, 128), (128, 64), (64, 1)]
     assert g.body[0].out_features == 4 * 4 * 256
     assert all(c.kernel_size == (5, 5) and c.stride == (2, 2) for c in convs)
     # 4 -> 8 cropped to 7 -> 14 -> 28, as the reference's output[:, :7, :7].
-    assert [m.size for m in g.body if type(m).__name__ == "_Crop"] == [(7, 7), (14, 14), (28, 28)]
+    assert [m.size for m in g.body if type(m).__name__ == "CropTo"] == [(7, 7), (14, 14), (28, 28)]
     out = g(torch.randn(3, 128))
     assert out.shape == (3, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
     d = WGANCritic((1, 28, 28), width=64)

@@ -40,7 +40,7 @@ def _layers(module):
 def test_autoencoder_architectures_are_the_references():
     ae1 = MagNetAutoencoder((1, 28, 28), MNIST_STRUCTURES["I"])
     assert _layers(ae1) == ["Conv2d", "Sigmoid", "AvgPool2d", "Conv2d", "Sigmoid", "Conv2d",
-                            "Sigmoid", "Upsample", "_CropTo", "Conv2d", "Sigmoid", "Conv2d"]
+                            "Sigmoid", "Upsample", "CropTo", "Conv2d", "Sigmoid", "Conv2d"]
     ae2 = MagNetAutoencoder((1, 28, 28), MNIST_STRUCTURES["II"])
     assert _layers(ae2) == ["Conv2d", "Sigmoid", "Conv2d", "Sigmoid", "Conv2d"]
     for ae, channels in ((ae1, [3, 3, 3, 3, 1]), (ae2, [3, 3, 1])):

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .reconstructors import OutputRange
+from .reconstructors import CropTo, OutputRange
 
 __all__ = ["WGANGenerator", "WGANCritic", "WGAN", "gradient_penalty", "latent_search",
            "DefenseGANDecision"]
@@ -34,18 +34,6 @@ def _levels(image_shape):
         return 0, []
     k = min(3, int(math.log2(min(h, w))))
     return k, [(math.ceil(h / 2 ** i), math.ceil(w / 2 ** i)) for i in range(k + 1)]
-
-
-class _Crop(nn.Module):
-    def __init__(self, size):
-        super().__init__()
-        self.size = tuple(size)
-
-    def forward(self, x):
-        return x[:, :, :self.size[0], :self.size[1]]
-
-    def extra_repr(self):
-        return f"size={self.size}"
 
 
 class WGANGenerator(nn.Module):
@@ -85,7 +73,7 @@ class WGANGenerator(nn.Module):
             for i in range(k - 1, -1, -1):
                 out = c if i == 0 else channels // 2
                 layers += [nn.ConvTranspose2d(channels, out, 5, stride=2, padding=2,
-                                              output_padding=1), _Crop(sizes[i])]
+                                              output_padding=1), CropTo(sizes[i])]
                 if i:
                     layers.append(nn.ReLU())
                 channels = out

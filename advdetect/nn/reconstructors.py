@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OutputRange", "VectorToImageDecoder", "ConvImageDecoder",
+__all__ = ["CropTo", "OutputRange", "VectorToImageDecoder", "ConvImageDecoder",
            "ImageToImageReconstructor", "DENSE_MAX_WEIGHTS", "dense_projection_weights",
            "choose_design"]
 
@@ -35,6 +35,35 @@ __all__ = ["OutputRange", "VectorToImageDecoder", "ConvImageDecoder",
 #: built. The package's own victims stay below, at their default feature layers:
 #: MNISTCNN 1.6 M (1x28x28), CIFARCNN 1.3 M (3x32x32), SmallCNN 33 K (8x8 digits).
 DENSE_MAX_WEIGHTS = 2 ** 22
+
+
+class CropTo(nn.Module):
+    """Crop a feature map's spatial size to ``size`` after upsampling an odd-sized map.
+
+    Shared by every decoder that doubles its resolution stage by stage (MagNet's
+    autoencoder, Defense-GAN's generator): ``(n, C, H', W') -> (n, C, *size)``.
+
+    Parameters
+    ----------
+    size : tuple of int
+        ``(H, W)``, at most the input's spatial size.
+
+    Examples
+    --------
+    >>> import torch
+    >>> CropTo((7, 7))(torch.zeros(2, 3, 8, 8)).shape
+    torch.Size([2, 3, 7, 7])
+    """
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x):
+        return x[:, :, :self.size[0], :self.size[1]]
+
+    def extra_repr(self):
+        return f"size={self.size}"
 
 
 class OutputRange(nn.Module):
