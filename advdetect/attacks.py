@@ -965,6 +965,31 @@ def _attack_mode(module):
             m.training = mode
 
 
+def _probe_victim(module, X, y, batch_size, device):
+    """The attacked function and the number of classes, from one forward pass.
+
+    The classifier must return class scores ``(n, n_classes)`` that ``y``
+    indexes; probabilities are attacked through their log (so that
+    cross-entropy and CW's margin are right). A layout the classifier cannot
+    run on gets an error that says how to fix it.
+    """
+    try:
+        with torch.no_grad():
+            probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
+    except RuntimeError as exc:
+        raise ValueError(f"the classifier cannot run on images of shape {X.shape[1:]}: "
+                         f"{exc}." + layout_hint(X.shape)) from exc
+    if probe.ndim != 2:
+        raise ValueError(f"the classifier must return class scores of shape (n, n_classes); "
+                         f"got {tuple(probe.shape)}.")
+    n_classes = int(probe.shape[1])
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"y holds labels outside 0..{n_classes - 1}, the classifier's "
+                         "classes.")
+    victim = _LogProbabilities(module) if infer_output_kind(probe) == "proba" else module
+    return victim, n_classes
+
+
 def _predict(module, X, batch_size, device):
     out = []
     with torch.no_grad():
@@ -1169,21 +1194,7 @@ def generate(classifier, X, y, attack="fgsm", eps=None, *, batch_size=256, only_
     device = first.device if first is not None else torch.device("cpu")
 
     with _attack_mode(module), seeded(random_state) as rng:
-        try:
-            with torch.no_grad():
-                probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
-        except RuntimeError as exc:
-            raise ValueError(f"the classifier cannot run on images of shape {X.shape[1:]}: "
-                             f"{exc}." + layout_hint(X.shape)) from exc
-        if probe.ndim != 2:
-            raise ValueError(f"the classifier must return class scores of shape (n, n_classes); "
-                             f"got {tuple(probe.shape)}.")
-        n_classes = int(probe.shape[1])
-        if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"y holds labels outside 0..{n_classes - 1}, the classifier's "
-                             "classes.")
-        victim = _LogProbabilities(module) if infer_output_kind(probe) == "proba" else module
-
+        victim, n_classes = _probe_victim(module, X, y, batch_size, device)
         y_pred = _predict(victim, X, batch_size, device)
         attacked = (y_pred == y) if only_correct else np.ones(len(X), dtype=bool)
         idx = np.flatnonzero(attacked)
@@ -1288,20 +1299,13 @@ def _generate_adaptive(classifier, X, y, name, eps, detector, batch_size, only_c
     device = first.device if first is not None else torch.device("cpu")
 
     with _attack_mode(module), seeded(random_state) as rng:
+        victim, n_classes = _probe_victim(module, X, y, batch_size, device)
         with torch.no_grad():
-            probe = module(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
-            dprobe = decision(torch.as_tensor(X[:min(len(X), batch_size)], device=device))
-        if probe.ndim != 2:
-            raise ValueError(f"the classifier must return class scores of shape (n, n_classes); "
-                             f"got {tuple(probe.shape)}.")
-        if dprobe.ndim != 1 or len(dprobe) != len(probe):
+            n_probe = min(len(X), batch_size)
+            dprobe = decision(torch.as_tensor(X[:n_probe], device=device))
+        if dprobe.ndim != 1 or len(dprobe) != n_probe:
             raise ValueError(f"the detector's decision must have shape (n,); got "
                              f"{tuple(dprobe.shape)}.")
-        n_classes = int(probe.shape[1])
-        if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"y holds labels outside 0..{n_classes - 1}, the classifier's "
-                             "classes.")
-        victim = _LogProbabilities(module) if infer_output_kind(probe) == "proba" else module
         y_pred = _predict(victim, X, batch_size, device)
         attacked = (y_pred == y) if only_correct else np.ones(len(X), dtype=bool)
         idx = np.flatnonzero(attacked)
