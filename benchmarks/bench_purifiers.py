@@ -65,7 +65,8 @@ def main():
     settings = resolve(args)
     start = time.perf_counter()
     common = dict(seed=args.seed, n_train=args.n_train, n_test=args.n_test,
-                  victim_epochs=args.victim_epochs, cache_dir=args.cache_dir or None)
+                  victim_epochs=args.victim_epochs, victim_n_train=args.victim_n_train,
+                  cache_dir=args.cache_dir or None)
     prep = prepare_benchmark(args.dataset, args.attacks, n_attack=args.n_attack, **common)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]

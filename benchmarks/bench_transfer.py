@@ -53,7 +53,8 @@ def main():
     settings = resolve(args)
     prep = prepare_benchmark(args.dataset, args.attacks, seed=args.seed, n_train=args.n_train,
                              n_test=args.n_test, n_attack=args.n_attack,
-                             victim_epochs=args.victim_epochs, cache_dir=args.cache_dir or None)
+                             victim_epochs=args.victim_epochs,
+                             victim_n_train=args.victim_n_train, cache_dir=args.cache_dir or None)
     victim, X_tr, y_tr, X_te = prep["victim"], prep["X_train"], prep["y_train"], prep["X_test"]
     adversarial = {k: r.x_adv[r.success] for k, r in prep["results"].items()}
     settings.update(victim_accuracy=prep["victim_accuracy"], n_train_actual=len(X_tr),
