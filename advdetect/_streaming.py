@@ -23,7 +23,8 @@ import mmap
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset,
+                              SequentialSampler)
 
 __all__ = ["STREAM_BYTES", "StreamedImages", "is_torch_data", "materialize", "streams"]
 
@@ -76,6 +77,15 @@ def _n_samples(loader):
                 "number of samples must be known before the first batch. Give it a "
                 "__len__, or pass a map-style Dataset or a numpy.memmap.") from None
     sampler = loader.batch_sampler
+    # Scores come back in the order the loader yields; a shuffling sampler would pair
+    # them with the wrong samples of the dataset, silently.
+    order = loader.sampler if sampler is None or type(sampler) is not BatchSampler \
+        else sampler.sampler
+    if not isinstance(order, SequentialSampler):
+        raise ValueError(
+            f"the DataLoader draws its samples with {type(order).__name__}, not in order: the "
+            "scores would not line up with the dataset. Pass a DataLoader with shuffle=False "
+            "(and no sampler=), or the Dataset itself.")
     if sampler is None:  # automatic batching off: one sample per item
         return len(loader.sampler)
     if type(sampler) is BatchSampler:

@@ -429,6 +429,7 @@ class MahalanobisDetector(BaseDetector):
         self.combine_weights_ = np.asarray(weights, dtype=np.float64)
         self.combine_bias_ = float(bias)
         combined = scores @ self.combine_weights_ + self.combine_bias_
+        self._check_threshold_data(len(combined), self.fpr, f"fpr={self.fpr:g}")
         self.offset_ = float(np.quantile(combined, self.fpr, method="lower")) \
             if len(combined) else 0.0
 
@@ -448,9 +449,10 @@ class MahalanobisDetector(BaseDetector):
         Returns
         -------
         torch.nn.Module
-            ``forward(x)`` maps a float32 batch ``(n, C, H, W)`` on the
-            detector's device to ``decision_function`` ``(n,)`` (equal within
-            1e-4), in eval mode with frozen parameters. With
+            ``forward(x)`` maps a float32 batch ``(n, C, H, W)`` (or flat rows
+            ``(n, C*H*W)``) on the detector's device to ``decision_function``
+            ``(n,)`` (equal within 1e-4), in eval mode with frozen parameters;
+            ``train()`` leaves it in eval mode. With
             ``noise_magnitude_ > 0`` the pre-processing step's sign is held
             constant in the gradient (straight through).
 
@@ -473,7 +475,8 @@ class MahalanobisDetector(BaseDetector):
 
         module = MahalanobisDecision(copy.deepcopy(self.classifier_),
                                      copy.deepcopy(self.gaussians_), self.combine_weights_,
-                                     self.combine_bias_, self.offset_, self.noise_magnitude_)
+                                     self.combine_bias_, self.offset_, self.noise_magnitude_,
+                                     image_shape=self.image_shape_)
         module = module.to(self.device_).eval()
         for p in module.parameters():
             p.requires_grad_(False)

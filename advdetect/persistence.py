@@ -441,6 +441,10 @@ def _write_file(path, header, tensors):
                             "(open(path, 'wb')), or use io.BytesIO, not a text stream.") \
                 from None
         return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {os.fspath(path)!r}: the folder {folder!r} "
+                                "does not exist (create it first, e.g. os.makedirs).")
     # A new name beside the target: same file system, so the rename is atomic.
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                        f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")

@@ -192,3 +192,25 @@ def test_invalid_parameters(digits_small, small_victim, params, match):
     X, _ = digits_small
     with pytest.raises(ValueError, match=match):
         MahalanobisDetector(small_victim, **params, **FAST).fit(X[:40])
+
+
+def test_mahalanobis_to_torch_takes_flat_rows_and_stays_in_eval_mode(digits_small):
+    X, _ = digits_small
+    X = X[:120]
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    det = MahalanobisDetector(clf, fpr=0.05, **FAST).fit(X)
+    module = det.to_torch()
+    expected = det.decision_function(X[:8])
+    flat = torch.as_tensor(X[:8].reshape(8, -1))
+    np.testing.assert_allclose(module(flat).detach().numpy(), expected, atol=1e-4)
+    module.train()   # inside a model being trained: the decision must not change
+    assert not module.training
+    np.testing.assert_allclose(module(flat).detach().numpy(), expected, atol=1e-4)
+
+
+def test_mahalanobis_warns_when_the_calibration_split_is_too_small(digits_small, small_victim):
+    X, _ = digits_small
+    with pytest.warns(UserWarning, match="needs at least 100"):
+        MahalanobisDetector(FrozenEstimator(small_victim), **FAST).fit(X[:50])

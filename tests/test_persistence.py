@@ -678,3 +678,12 @@ def test_file_objects_of_the_wrong_kind_are_refused(saved, tmp_path):
     data[-1] ^= 0xFF
     with pytest.raises(ValueError, match="corrupted"):
         load(io.BytesIO(bytes(data)), classifier=_victim(seed=1))
+
+
+def test_save_into_a_missing_folder_names_the_folder(tmp_path, data):
+    from advdetect import MagNetDetector
+    X, _ = data
+    det = MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X)
+    target = tmp_path / "missing" / "det.safetensors"
+    with pytest.raises(FileNotFoundError, match="does not exist.*makedirs"):
+        det.save(target)

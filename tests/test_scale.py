@@ -278,3 +278,21 @@ def test_cli_passes_n_jobs_and_scheduler(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["benchmark", "--n-jobs", "2", "--scheduler", "tcp://scheduler:8786"])
     assert seen["n_jobs"] == 2 and seen["scheduler"] == "tcp://scheduler:8786"
+
+
+def test_a_shuffling_dataloader_is_refused_not_scored_out_of_order(digits_small):
+    # Scores follow the loader's order: a shuffled one would pair them with the wrong images.
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    from advdetect import MagNetDetector
+
+    X, _ = digits_small
+    det = MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X[:100])
+    data = TensorDataset(torch.from_numpy(X[:50].copy()))
+    shuffled = [DataLoader(data, batch_size=16, shuffle=True),
+                DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), 16, False))]
+    for loader in shuffled:
+        with pytest.raises(ValueError, match="shuffle=False"):
+            det.score_samples(loader)
+    np.testing.assert_array_equal(det.score_samples(DataLoader(data, batch_size=16)),
+                                  det.score_samples(X[:50]))

@@ -13,6 +13,8 @@ Plain torch only (no scikit-learn, no skorch): the covariance is estimated by th
 detector in :mod:`advdetect.mahalanobis` and copied into these buffers.
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -122,8 +124,10 @@ class MahalanobisDecision(nn.Module):
     ``weights . M(x) + bias - offset``.
     """
 
-    def __init__(self, features, gaussians, weights, bias, offset, noise_magnitude):
+    def __init__(self, features, gaussians, weights, bias, offset, noise_magnitude,
+                 image_shape=None):
         super().__init__()
+        self.image_shape = None if image_shape is None else tuple(int(s) for s in image_shape)
         self.features = features
         self.gaussians = gaussians
         self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
@@ -133,7 +137,14 @@ class MahalanobisDecision(nn.Module):
     def layer_scores(self, x):
         return mahalanobis_layer_scores(self.features, self.gaussians, x, self.noise_magnitude)
 
+    def train(self, mode=True):
+        """Kept in eval mode: batch statistics would change the decision."""
+        return super().train(False)
+
     def forward(self, x):
+        if self.image_shape is not None and x.ndim == 2 \
+                and x.shape[1] == math.prod(self.image_shape):
+            x = x.reshape((len(x),) + self.image_shape)   # flat rows, as the detector takes
         return self.layer_scores(x) @ self.weights + self.bias
 
 
