@@ -168,12 +168,16 @@ def test_read_only_input_gives_no_torch_warning_in_training_and_attacks(tmp_path
 
     X = _read_only(_images(), tmp_path, "X")
     y = _read_only(np.arange(40) % 10, tmp_path, "y")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         net = train_classifier(X, y, max_epochs=1, device="cpu", random_state=0)
-        generate(net, X, y, attack="fgsm", eps=0.1, random_state=0, only_correct=False)
-        generate(net, X, y, attack="cw", random_state=0, only_correct=False, max_iter=2,
-                 binary_search_steps=1)
+        fgsm = generate(net, X, y, attack="fgsm", eps=0.1, random_state=0, only_correct=False)
+        cw = generate(net, X, y, attack="cw", random_state=0, only_correct=False, max_iter=2,
+                      binary_search_steps=1)
+    not_writable = [str(w.message) for w in caught if "not writable" in str(w.message)]
+    assert not_writable == []
+    assert fgsm.x_adv.shape == cw.x_adv.shape == X.shape
+    assert not X.flags.writeable and not y.flags.writeable   # the caller's arrays untouched
 
 
 # --------------------------------------------------------------------------- #
