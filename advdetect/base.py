@@ -1,14 +1,14 @@
 """The shared detector base: input validation, hooks, batching, training, thresholds.
 
 The data path is one way (STYLE.md): validate -> classifier forward with hooks
--> reconstruct -> score -> threshold. Every detector in advdetect derives from
-:class:`BaseDetector` and implements two methods: ``_fit`` (train the networks
-and learn the thresholds) and ``_score_batch`` (per-sample metrics of one batch
-of images). The base gives them the scikit-learn outlier API around those.
+-> reconstruct -> metrics -> score -> threshold. :class:`BaseDetector` is a
+template: its ``fit`` and ``score_samples`` call named hooks that each detector
+implements (see :class:`BaseDetector` and the contributor page of the docs),
+and the scikit-learn outlier API, calibration, recalibration, the
+differentiable decision and the saved state are the base's, written once.
 """
 
 import contextlib
-import contextvars
 import copy
 import io
 import numbers
@@ -447,14 +447,18 @@ class EpochProgressBar(Callback):
         self.bar_.close()
 
 
-def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=None,
+def train_module(module, X, y, criterion, *, desc, detector, module_kwargs=None,
                  criterion_kwargs=None, max_epochs=None, net_cls=None, **net_kwargs):
-    """Train a fresh ``module_cls(**module_kwargs)`` through skorch; return the module.
+    """Train ``module`` through skorch and return it, trained and in eval mode.
 
-    The skorch settings come from the detector's own parameters (``max_epochs``,
-    ``batch_size``, ``lr``, ``optimizer``, ``device``, ``verbose``) and
-    ``train_split=None``: detectors train on all the clean data they are given
-    and hold out their own calibration split beforehand.
+    ``module`` is a built ``torch.nn.Module`` (a detector's ``_build_*``
+    helper makes it, so that loading a saved detector builds the same network
+    without training it) or a module class, built by skorch from
+    ``module_kwargs``. The skorch settings come from the detector's own
+    parameters (``max_epochs``, ``batch_size``, ``lr``, ``optimizer``,
+    ``device``, ``verbose``) and ``train_split=None``: detectors train on all
+    the clean data they are given and hold out their own calibration split
+    beforehand.
     """
     from skorch import NeuralNet
 
@@ -462,7 +466,7 @@ def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=N
     verbose = detector.verbose or 0
     callbacks = [("progress", EpochProgressBar(desc))] if verbose >= 1 else []
     params = dict(
-        module=module_cls,
+        module=module,
         criterion=criterion,
         optimizer=detector.optimizer,
         lr=detector.lr,
@@ -478,29 +482,23 @@ def train_module(module_cls, X, y, criterion, *, desc, detector, module_kwargs=N
     params.update({f"criterion__{k}": v for k, v in (criterion_kwargs or {}).items()})
     params.update(net_kwargs)
     net = net_cls(**params)
-    if _SKIP_TRAINING.get():
-        net.initialize()  # advdetect.persistence builds the network; it loads the weights
-    else:
-        net.fit(writable(X), writable(y))  # skorch's dataset hands numpy to torch
+    net.fit(writable(X), writable(y))  # skorch's dataset hands numpy to torch
     module = net.module_
     module.eval()
     return module
 
 
-# Set only by advdetect.persistence.load, which runs ``_fit`` to build the networks
-# of a saved detector before loading their weights (a context variable: a load in
-# one thread does not skip a fit in another).
-_SKIP_TRAINING = contextvars.ContextVar("advdetect_skip_training", default=False)
+def upper_quantile(values, rate):
+    """``sorted(values)[ceil(n (1 - rate)) - 1]``: at most a fraction ``rate`` lies above.
 
-
-@contextlib.contextmanager
-def skip_training():
-    """Within the block, :func:`train_module` builds networks without training them."""
-    token = _SKIP_TRAINING.set(True)
-    try:
-        yield
-    finally:
-        _SKIP_TRAINING.reset(token)
+    Values strictly above it are flagged: ``floor(n * rate)`` of them without
+    ties, the validation images MagNet's reference drops (it flags errors at or
+    above the ``int(n * rate)``-th largest); Feature Squeezing's reference
+    uses the same rule.
+    """
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    k = int(np.ceil(len(values) * (1.0 - rate)))
+    return float(values[min(max(k, 1), len(values)) - 1])
 
 
 def _probe(module, x):
@@ -686,16 +684,35 @@ def _check_enough_images(X, where):
 # The estimator base
 # --------------------------------------------------------------------------- #
 class BaseDetector(OutlierMixin, BaseEstimator):
-    """Base class of advdetect's detectors (scikit-learn outlier conventions).
+    """Base class of advdetect's detectors (scikit-learn outlier conventions), a template.
 
-    Subclasses implement ``_fit(X, y)`` (X already validated, float32
-    ``(n, C, H, W)``) and ``_score_batch(xb)`` returning a dict of per-sample
-    torch tensors including ``"score"`` (higher = more like clean data). They set
-    ``offset_`` in ``_fit``.
+    ``fit`` runs these stages in order, each a hook a detector implements; no
+    stage calls an earlier one::
+
+        X, y = validate(X, y)                  # the base: images, layouts, ranges
+        y = self._check_fit_labels(y, n)       # detectors that read y
+        self._prepare(X, y)                    # classifier copy, hooks, shapes
+        fit, cal = self._split(X, y, rng)      # the held-out clean split
+        self._train(X, y, fit, cal, rng)       # build (_build_* helpers) and train
+        self.calibration_ = metrics of X[cal]  # _forward_batch on the clean split
+        self._set_thresholds()                 # thresholds, scales and offset_
+
+    and scoring is one way too: ``_forward_batch(xb, every)`` maps a torch
+    batch to raw per-sample metrics (no fitted threshold is read there), and
+    ``_score(metrics)`` turns them into the score, once, on float64 tensors
+    of all samples (and, in :meth:`to_torch`, on the batch with autograd).
+
+    ``_build()`` makes every network from the fitted shapes, untrained: the
+    saved state (:meth:`save`) is loaded into what it builds. Detectors
+    declare their networks (``_networks``) and the plain fitted values that
+    are neither networks nor derived from the calibration (``_fitted_values``);
+    everything ``_set_thresholds`` derives is rebuilt on load, not stored.
     """
 
-    # Columns of reconstruction_errors(); subclasses extend.
-    _metric_names = ("score",)
+    # The fitted torch.nn.Module attributes that load() fills (after _build()).
+    _networks = ()
+    # Fitted plain values (numbers, strings, tuples, arrays) that load() restores.
+    _fitted_values = ()
 
     # ------------------------------------------------------------------ input
     def _validate_images(self, X, reset):
@@ -959,10 +976,62 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             X, y = self._validate_fit_data(X, y)
             try:
                 _check_enough_images(X, "fit")
-                self._fit(X, y, rng)
+                y = self._check_fit_labels(y, len(X))
+                self._prepare(X, y)
+                fit_idx, cal_idx = self._split(X, y, rng)
+                self._train(X, y, fit_idx, cal_idx, rng)
+                self.calibration_ = self._calibration_metrics(X[cal_idx]) \
+                    .set_axis(pd.Index(cal_idx, name="image"), axis=0)
+                self._set_thresholds()
             finally:
                 vars(self).pop("_fit_input_shape", None)
         return self
+
+    # ------------------------------------------------------ the fit's hooks
+    def _check_fit_labels(self, y, n):
+        """``y`` as the detector reads it, or a clear ``ValueError``; ``None`` by default.
+
+        Only detectors that train on labels (``_fit_uses_class_labels``) see a
+        ``y`` here: for the others the base has already dropped the rows
+        marked -1 and set ``y`` to None.
+        """
+        return None
+
+    def _prepare(self, X, y):
+        """The classifier stage: ``classifier_``, the frozen hooked copy (see _prepare_classifier)."""
+        self.classifier_ = self._prepare_classifier(X)
+
+    def _split(self, X, y, rng):
+        """``(fit_idx, cal_idx)``: the rows to train on and the clean rows held out.
+
+        By default ``validation_fraction`` of ``X`` is held out
+        (:meth:`_split_calibration`); with ``validation_fraction=0`` both are
+        every row.
+        """
+        return self._split_calibration(X, rng)
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
+        """Build the detector's networks and train them on ``X[fit_idx]``; nothing by default.
+
+        ``rng`` is fit's seeded ``numpy.random.Generator``; ``cal_idx`` is for
+        a detector whose training reads the held-out split (Mahalanobis's
+        logistic regression).
+        """
+
+    def _calibration_metrics(self, X_cal):
+        """The raw metrics of the held-out clean images, as a DataFrame (``calibration_``)."""
+        return pd.DataFrame(self._forward(X_cal, every=False, validate=False))
+
+    def _set_thresholds(self):
+        """Thresholds, scales and ``offset_`` from ``calibration_`` and the current parameters."""
+        raise NotImplementedError
+
+    def _build(self):
+        """Every network of the fitted detector, built from its shapes and untrained.
+
+        What :meth:`load` fills with the saved weights. The default builds
+        nothing (a detector with no network of its own).
+        """
 
     def _check_threshold_data(self, n, rate, rule, held_out=True):
         """Warn when ``n`` clean scores cannot support a threshold at clean flag rate ``rate``.
@@ -1010,30 +1079,46 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 
     # ------------------------------------------------------------- scoring
-    def _metrics(self, X, every=False):
-        """Per-sample metrics as a dict of float64 numpy arrays (batched, no grad).
+    def _forward(self, X, every=False, validate=True):
+        """Raw per-sample metrics of ``X``, ``{name: float64 ndarray (n,)}`` (batched, no grad).
 
-        ``every=False`` computes what the score needs (``_score_batch``);
-        ``every=True`` every metric the detector reports (``_all_metrics_batch``).
+        ``every=False`` computes what the score needs, ``every=True`` every
+        metric the detector reports (``_forward_batch(xb, every)``).
+        ``validate=False`` takes ``X`` already validated (fit's own images).
         """
-        check_is_fitted(self)
-        X = self._stream_images(X)
+        if validate:
+            check_is_fitted(self)
+            X = self._stream_images(X)
         self._eval_mode()
         keys = None
-        score_batch = self._all_metrics_batch if every else self._score_batch
 
         def fn(xb):
             nonlocal keys
-            out = score_batch(xb)
+            out = self._forward_batch(xb, every)
             keys = list(out)
             return tuple(out[k] for k in keys)
 
         arrays = batched(fn, X, self.batch_size, self.device_)
+        arrays = arrays if isinstance(arrays, tuple) else (arrays,)
         return {k: np.asarray(a, dtype=np.float64) for k, a in zip(keys, arrays)}
 
-    def _all_metrics_batch(self, xb):
-        """Every per-sample metric of one batch; by default those of the score."""
-        return self._score_batch(xb)
+    def _forward_batch(self, xb, every=False):
+        """Raw per-sample metrics of one batch ``(n, C, H, W)``: ``{name: tensor (n,)}``."""
+        raise NotImplementedError
+
+    def _score(self, metrics):
+        """The score (higher = clean) from the metrics, ``{name: tensor (n,)}`` -> tensor (n,).
+
+        Called on float64 tensors of all samples by :meth:`score_samples`, and
+        on a batch with autograd by :meth:`to_torch`.
+        """
+        raise NotImplementedError
+
+    def _scores_of(self, metrics):
+        """``_score`` of numpy metrics, as a float64 ndarray."""
+        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64))
+                   for k, v in metrics.items()}
+        return np.asarray(self._score(tensors).numpy(), dtype=np.float64)
 
     def _eval_mode(self):
         """Eval mode for the detector's own networks (fitted ``*_`` attributes) only.
@@ -1060,7 +1145,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples,), float64
         """
-        return self._metrics(X)["score"]
+        return self._scores_of(self._forward(X))
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for inputs flagged as adversarial.
@@ -1128,8 +1213,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             The detector's metrics, ``score``, ``decision`` (``score - offset_``)
             and ``is_adversarial`` (the prediction, as a bool).
         """
-        metrics = self._metrics(X, every=True)
+        metrics = self._forward(X, every=True)
         frame = pd.DataFrame(metrics)
+        frame["score"] = self._scores_of(metrics)
         frame["decision"] = frame["score"] - self.offset_
         frame["is_adversarial"] = frame["decision"] < 0
         return frame
@@ -1137,11 +1223,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def recalibrate(self):
         """Re-learn the thresholds for the current parameters, without retraining.
 
-        The fitted detector keeps the scores of its clean calibration images;
-        after ``set_params`` of a threshold parameter (CMAG's ``stage``,
-        ``criterion``, ``threshold_quantile``, ``confidence_test``; DAFAR's
-        ``z``, ``use_anomaly_detector``) this gives the thresholds that a refit
-        with the same networks would learn. ``offset_`` is reset to 0.
+        Every fitted detector keeps the raw metrics of its clean calibration
+        images (``calibration_``); after ``set_params`` of a threshold
+        parameter (CMAG's ``stage``, ``criterion``, ``threshold_quantile``,
+        ``confidence_test``; DAFAR's ``z``, ``use_anomaly_detector``; MagNet's
+        ``drop_rate``; the ``fpr`` of Feature Squeezing, Mahalanobis and the
+        max-softmax baseline ...) this gives the thresholds that a refit with the
+        same networks would learn. ``offset_`` is re-learned too (a
+        :meth:`calibrate` is undone).
 
         Returns
         -------
@@ -1149,14 +1238,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Raises
         ------
-        NotImplementedError
-            For a detector that keeps no calibration scores (refit it).
+        sklearn.exceptions.NotFittedError
+            When the detector is not fitted.
         """
         check_is_fitted(self)
-        if not hasattr(self, "_set_thresholds"):
-            raise NotImplementedError(
-                f"{type(self).__name__} keeps no calibration scores and cannot re-learn its "
-                f"thresholds; call fit again, or move offset_ with calibrate(X, fpr)")
         self._check_params()
         self._set_thresholds()
         return self
@@ -1202,10 +1287,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _score_torch(self, x):
         """The score of a batch ``(n, C, H, W)`` with autograd (see :meth:`to_torch`).
 
-        The hook a detector overrides when its ``_score_batch`` is not
-        differentiable (Feature Squeezing) or computes more than the score.
+        ``_score`` of ``_forward_batch``; a detector whose forward pass is not
+        differentiable (Feature Squeezing) overrides it.
         """
-        return self._score_batch(x)["score"]
+        return self._score(self._forward_batch(x))
 
     def to_torch(self):
         """The decision function as a differentiable, frozen ``torch.nn.Module``.
@@ -1229,7 +1314,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         or clipped, unlike ``decision_function``.
 
         A detector provides its differentiable score through ``_score_torch(x)``
-        (by default the ``"score"`` of ``_score_batch``); where a step is not
+        (by default ``_score(_forward_batch(x))``); where a step is not
         differentiable, the detector's docstring says which approximation the
         gradient uses.
 

@@ -13,10 +13,11 @@ import copy
 import numbers
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .base import _SKIP_TRAINING, BaseDetector, batched, train_module
+from .base import BaseDetector, batched, train_module
 from .nn.binary import ActivationDetector, BinaryDecision, BinaryDetectorNet
 
 __all__ = ["BinaryClassifierDetector"]
@@ -184,55 +185,87 @@ class BinaryClassifierDetector(BaseDetector):
                              + _fix_message(name))
         return y.astype(np.int64)
 
-    def _fit(self, X, y, rng):
-        if _SKIP_TRAINING.get():  # advdetect.persistence building a saved detector
-            y = np.where(np.arange(len(X)) % 2 == 0, 1, -1)
-        else:
-            y = self._labels(y, len(X))
+    _networks = ("detector_",)
+    _fitted_values = ("n_clean_", "n_adversarial_")
+
+    def _check_fit_labels(self, y, n):
+        return self._labels(y, n)
+
+    def _prepare(self, X, y):
+        self.classifier_ = self._prepare_classifier(X) if self.on == "features" else None
+
+    def _split(self, X, y, rng):
+        """Train on every adversarial row and the clean rows not held out for ``fpr``."""
         clean, adv = np.flatnonzero(y == 1), np.flatnonzero(y == -1)
         cal = np.zeros(0, dtype=np.int64)
         if self.fpr is not None:
             fit_c, cal_c = self._split_calibration(X[clean], rng)
             if len(cal_c) < len(clean):  # a real hold-out (not the training rows again)
                 clean, cal = clean[fit_c], clean[cal_c]
-        train = np.sort(np.r_[clean, adv])
+        return np.sort(np.r_[clean, adv]), cal
 
+    def _head_shape(self):
+        """``(shape of the head's input, flatten)``: the image, or the feature map."""
+        if self.on != "features":
+            return self.image_shape_, False
+        shape = tuple(self.feature_shape_)
+        if len(shape) not in (1, 3):
+            return (int(np.prod(shape)),), True
+        return shape, False
+
+    def _build_head(self):
+        shape, _ = self._head_shape()
+        return BinaryDetectorNet(input_shape=shape, width=int(self.width),
+                                 hidden=int(self.hidden))
+
+    def _build(self):
+        self.detector_ = ActivationDetector(self.classifier_, self._build_head(),
+                                            flatten=self._head_shape()[1]) \
+            .to(self.device_).eval()
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
+        shape, flatten = self._head_shape()
         if self.on == "features":
-            hooked = self._prepare_classifier(X)
-            inputs = batched(lambda xb: hooked(xb)[0], X[train], self.batch_size, self.device_)
-            shape = self.feature_shape_
-            flatten = len(shape) not in (1, 3)
+            inputs = batched(lambda xb: self.classifier_(xb)[0], X[fit_idx], self.batch_size,
+                             self.device_)
             if flatten:
                 inputs = inputs.reshape(len(inputs), -1)
-                shape = (inputs.shape[1],)
         else:
-            hooked, inputs, shape, flatten = None, X[train], self.image_shape_, False
-        self.classifier_ = hooked
-        target = (y[train] == 1).astype(np.float32)  # 1 = clean: the logit of "clean"
+            inputs = X[fit_idx]
+        target = (y[fit_idx] == 1).astype(np.float32)  # 1 = clean: the logit of "clean"
+        n_clean, n_adv = int(np.sum(target == 1)), int(np.sum(target == 0))
         from skorch import NeuralNetBinaryClassifier
 
         # Both classes weigh alike in the loss (pos_weight = n_adversarial / n_clean): an
         # attack fools only some images, and with, say, 8 clean rows per adversarial one
         # an unweighted net's logit-0 decision flagged nothing (bench_transfer).
-        pos_weight = torch.tensor([len(adv) / max(len(clean), 1)], dtype=torch.float32)
-        head = train_module(BinaryDetectorNet, np.ascontiguousarray(inputs, dtype=np.float32),
+        pos_weight = torch.tensor([n_adv / max(n_clean, 1)], dtype=torch.float32)
+        head = train_module(self._build_head(), np.ascontiguousarray(inputs, dtype=np.float32),
                             target, torch.nn.BCEWithLogitsLoss, desc="Binary detector",
                             detector=self, net_cls=NeuralNetBinaryClassifier,
-                            module_kwargs=dict(input_shape=shape, width=int(self.width),
-                                               hidden=int(self.hidden)),
                             criterion_kwargs=dict(pos_weight=pos_weight))
-        self.detector_ = ActivationDetector(hooked, head, flatten=flatten).to(self.device_).eval()
-        self.n_clean_, self.n_adversarial_ = int(len(clean)), int(len(adv))
-        if len(cal):
-            scores = batched(self.detector_, X[cal], self.batch_size, self.device_)
-            self.offset_ = float(np.quantile(np.asarray(scores, dtype=np.float64), self.fpr,
-                                             method="lower"))
-        else:
-            self.offset_ = 0.0
+        self.detector_ = ActivationDetector(self.classifier_, head, flatten=flatten) \
+            .to(self.device_).eval()
+        self.n_clean_, self.n_adversarial_ = n_clean, n_adv
+
+    def _set_thresholds(self):
+        """``offset_``: the ``fpr``-quantile of the held-out clean scores (0 without)."""
+        scores = self.calibration_["score"].to_numpy() if len(self.calibration_) else []
+        self.offset_ = float(np.quantile(scores, self.fpr, method="lower")) \
+            if len(scores) and self.fpr is not None else 0.0
+
+    def _calibration_metrics(self, X_cal):
+        if len(X_cal) == 0:  # batched() has nothing to run on
+            return pd.DataFrame({"score": np.zeros(0)})
+        return super()._calibration_metrics(X_cal)
 
     # -------------------------------------------------------------- forward
-    def _score_batch(self, xb):
+    def _forward_batch(self, xb, every=False):
         return {"score": self.detector_(xb)}
+
+    def _score(self, metrics):
+        """The detector network's logit of "clean" (Metzen et al. 2017)."""
+        return metrics["score"]
 
     def to_torch(self):
         """The decision function as a frozen ``torch.nn.Module``, differentiable in x.

@@ -194,7 +194,7 @@ class CMAGDetector(BaseDetector):
         by ``load`` too (a ReLU swapped for a Tanh has the same weights).
     fmr_, lr_, gr_ : torch.nn.Module
         The trained reconstructors.
-    calibration_metrics_ : pandas.DataFrame
+    calibration_ : pandas.DataFrame
         SSIM and L2 of every stage on the held-out clean calibration images.
     thresholds_ : pandas.DataFrame
         Per stage (rows) the SSIM and L2 thresholds and the spread of the
@@ -355,43 +355,56 @@ class CMAGDetector(BaseDetector):
             raise ValueError(f"width must be a positive integer, got {self.width!r}")
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, X, y, rng):
-        self.classifier_ = self._prepare_classifier(X)
-        fit_idx, cal_idx = self._split_calibration(X, rng)
-        feats, soft, conf = batched(self._classifier_views, X, self.batch_size, self.device_)
-        shape = self.image_shape_
-        vr = self._value_range
-        data_range = self._data_range
+    _networks = ("classifier_", "fmr_", "lr_", "gr_")
 
-        def fit_stage(desc, module_cls, inputs, mu, **kwargs):
-            return train_module(module_cls, inputs[fit_idx], X[fit_idx], SSIMLoss, desc=desc,
-                                detector=self, criterion_kwargs=dict(mu=mu, data_range=data_range),
-                                module_kwargs=dict(width=self.width, value_range=vr,
-                                                   image_shape=shape, **kwargs))
+    def _first_order(self, in_features, in_shape):
+        """FMR or LR, untrained: the dense design where it is small (the package's own
+        victims), the convolutional one where its projection would grow with H x W."""
+        common = dict(width=self.width, value_range=self._value_range,
+                      image_shape=self.image_shape_)
+        if choose_design(self.reconstructor, in_features, self.image_shape_,
+                         self.width) == "dense":
+            return VectorToImageDecoder(in_features=in_features, **common)
+        return ConvImageDecoder(in_shape=in_shape, **common)
 
-        # Algorithm 1: the first-order reconstructors, then GR on their frozen outputs.
-        def first_order(desc, inputs, mu, in_shape):
-            # The dense design where it is small (the package's own victims), the
-            # convolutional one where its projection would grow with H x W.
-            if choose_design(self.reconstructor, inputs.shape[1], shape, self.width) == "dense":
-                return fit_stage(desc, VectorToImageDecoder, inputs, mu,
-                                 in_features=inputs.shape[1])
-            return fit_stage(desc, ConvImageDecoder, inputs, mu, in_shape=in_shape)
+    def _build_fmr(self):
+        return self._first_order(int(np.prod(self.feature_shape_)), self.feature_shape_)
 
-        self.fmr_ = first_order("CMAG FMR", feats, self.mu_fmr, self.feature_shape_)
-        self.lr_ = first_order("CMAG LR", soft, self.mu_lr, (soft.shape[1],))
+    def _build_lr(self):
+        return self._first_order(self.n_classes_, (self.n_classes_,))
+
+    def _build_gr(self):
+        return ImageToImageReconstructor(width=self.width, value_range=self._value_range,
+                                         image_shape=self.image_shape_)
+
+    def _build(self):
+        self.fmr_, self.lr_, self.gr_ = self._build_fmr(), self._build_lr(), self._build_gr()
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
+        """Algorithm 1: the first-order reconstructors, then GR on their frozen outputs.
+
+        Each network is built just before it is trained, so that a seeded fit
+        draws its initial weights in the order it always did.
+        """
+        feats, soft = batched(lambda xb: self._classifier_views(xb)[:2], X, self.batch_size,
+                              self.device_)
+
+        def fit_stage(desc, module, inputs, mu):
+            return train_module(module, inputs[fit_idx], X[fit_idx], SSIMLoss, desc=desc,
+                                detector=self,
+                                criterion_kwargs=dict(mu=mu, data_range=self._data_range))
+
+        self.fmr_ = fit_stage("CMAG FMR", self._build_fmr(), feats, self.mu_fmr)
+        self.lr_ = fit_stage("CMAG LR", self._build_lr(), soft, self.mu_lr)
         h = batched(lambda f, s: self._combine(self.fmr_(f), self.lr_(s)), (feats, soft),
                     self.batch_size, self.device_)
-        self.gr_ = fit_stage("CMAG GR", ImageToImageReconstructor, h, self.mu_gr)
+        self.gr_ = fit_stage("CMAG GR", self._build_gr(), h, self.mu_gr)
 
-        # Algorithm 2 on the calibration split, from the cached classifier views.
-        names = [f"{m}_{s}" for s in _STAGES for m in ("ssim", "l2")]
-        cal = batched(lambda x, f, s: tuple(self._stage_metrics(x, f, s)[k] for k in names),
-                      (X[cal_idx], feats[cal_idx], soft[cal_idx]), self.batch_size, self.device_)
-        cal = dict(zip(names, (np.asarray(c, dtype=np.float64) for c in cal)))
-        cal["confidence"] = conf[cal_idx].astype(np.float64)
-        self.calibration_metrics_ = pd.DataFrame(cal)
-        self._set_thresholds()
+    def _calibration_metrics(self, X_cal):
+        # Every stage's SSIM and L2 and the confidence (Algorithm 2's inputs), so
+        # that recalibrate() can switch the scored stage or tests.
+        metrics = self._forward(X_cal, every=True, validate=False)
+        return pd.DataFrame({k: v for k, v in metrics.items() if k not in ("ssim", "l2")})
 
     def _set_thresholds(self):
         """Algorithm 2 on the kept calibration metrics, for the current parameters.
@@ -402,16 +415,16 @@ class CMAGDetector(BaseDetector):
         """
         q = self.threshold_quantile
         self._check_threshold_data(
-            len(self.calibration_metrics_), q,
+            len(self.calibration_), q,
             f"threshold_quantile={q:g}" if q > 0 else
             "Algorithm 2's strict min/max threshold (threshold_quantile=0)")
-        self.thresholds_ = self._learn_thresholds(self.calibration_metrics_)
+        self.thresholds_ = self._learn_thresholds(self.calibration_)
         single = self.stage != "all"
         self.threshold_ssim_ = float(self.thresholds_.loc[self.stage, "ssim"]) if single \
             else float("nan")
         self.threshold_l2_ = float(self.thresholds_.loc[self.stage, "l2"]) if single \
             else float("nan")
-        conf = self.calibration_metrics_["confidence"].to_numpy()
+        conf = self.calibration_["confidence"].to_numpy()
         self.confidence_threshold_ = float(np.quantile(conf, self.threshold_quantile,
                                                        method="lower"))
         self.confidence_scale_ = _spread(conf, self.confidence_threshold_)
@@ -421,9 +434,7 @@ class CMAGDetector(BaseDetector):
         self.offset_ = 0.0
         if self.combine_tests == "sum" or self.threshold_rule == "joint":
             # The sum has no per-test cut: threshold it at its own clean quantile.
-            cal = {k: torch.from_numpy(np.array(v, dtype=np.float64))
-                   for k, v in self.calibration_metrics_.items()}
-            scores = self._score(cal).numpy()
+            scores = self._scores_of(self.calibration_)
             self.offset_ = float(np.quantile(scores, self.threshold_quantile, method="lower"))
 
     def _confidence_mode(self):
@@ -516,22 +527,19 @@ class CMAGDetector(BaseDetector):
             return margins.sum(dim=0)
         return margins.min(dim=0).values
 
-    def _score_batch(self, xb):
-        # Only the reconstructions the score needs: with stage="fmr" that is FMR alone.
-        feats, soft, conf = self._classifier_views(xb)
-        metrics = self._stage_metrics(xb, feats, soft, self._scored_stages())
-        metrics["confidence"] = conf
-        return {"score": self._score(metrics)}
+    def _forward_batch(self, xb, every=False):
+        """SSIM and L2 of the scored stages (every stage with ``every``), and the confidence.
 
-    def _all_metrics_batch(self, xb):
+        Only the reconstructions the score needs: with ``stage="fmr"`` that is FMR alone.
+        """
         feats, soft, conf = self._classifier_views(xb)
-        metrics = self._stage_metrics(xb, feats, soft)
+        metrics = self._stage_metrics(xb, feats, soft,
+                                      _STAGES if every else self._scored_stages())
         metrics["confidence"] = conf
+        if not every:
+            return metrics
         main = "gr" if self.stage == "all" else self.stage
-        out = {"ssim": metrics[f"ssim_{main}"], "l2": metrics[f"l2_{main}"]}
-        out.update(metrics)
-        out["score"] = self._score(metrics)
-        return out
+        return {"ssim": metrics[f"ssim_{main}"], "l2": metrics[f"l2_{main}"], **metrics}
 
     # --------------------------------------------------------------- extras
     def reconstruct(self, X, stage=None):

@@ -17,7 +17,7 @@ from skorch import NeuralNet
 from skorch.utils import to_tensor
 
 from .base import (BaseDetector, as_logits, batched, default_feature_layer, logit_margin,
-                   train_module, writable)
+                   train_module)
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
 from .nn.reconstructors import choose_design
@@ -209,11 +209,15 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     offset_ : float
         ``-threshold_``: ``decision_function = threshold_ - anomaly score``
         (without a confidence test; with one, see ``combine_tests``).
-    calibration_confidence_ : ndarray of shape (``n_calibration_``,)
-        The classifier's logit margins on the held-out clean images.
+    calibration_ : pandas.DataFrame
+        The raw metrics of the held-out clean images, one row each, indexed by
+        their positions in the ``X`` given to ``fit``: ``l2`` (``||delta||_2``),
+        ``confidence`` (the classifier's logit margin) and, with C,
+        ``anomaly_score`` (``||delta - C(delta)||_2``). The thresholds are
+        learned from them, and :meth:`recalibrate` learns them again.
     confidence_threshold_, confidence_upper_threshold_ : float
         The ``confidence_quantile`` and ``1 - confidence_quantile`` quantiles of
-        ``calibration_confidence_`` (learned even when ``confidence_test=False``).
+        ``calibration_["confidence"]`` (learned even when ``confidence_test=False``).
     test_scales_ : dict
         The spreads that divide the tests' margins (``"anomaly"``, ``"low"``,
         ``"high"``): the distance from each threshold to the clean median.
@@ -223,16 +227,10 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     calibration_scores_ : ndarray of shape (``n_calibration_``,)
         Scores of the held-out clean images alpha was learned on: the anomaly
         scores with C, ``||delta||_2`` without.
-    calibration_l2_ : ndarray of shape (``n_calibration_``,)
-        ``||delta||_2`` of the held-out clean images.
     scores_with_anomaly_detector_ : bool
         Whether scores use C: ``use_anomaly_detector`` as it was at the last
         ``fit`` or :meth:`recalibrate` (a later ``set_params`` alone does not
         change the scorer, so scores and alpha always match).
-    calibration_anomaly_scores_ : ndarray of shape (``n_calibration_``,) or None
-        ``||delta - C(delta)||_2`` of the held-out clean images (None without C).
-    calibration_indices_ : ndarray of shape (``n_calibration_``,)
-        Their positions in the ``X`` given to ``fit``.
     n_calibration_ : int
     feature_layer_ : str
         The last layer of the encoder: ``feature_layer``, or the one chosen by
@@ -421,64 +419,72 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         return y
 
     # ------------------------------------------------------------------ fit
+    _networks = ("classifier_", "feedback_autoencoder_", "anomaly_detector_")
+    _fitted_values = ("decoder_kind_",)
+
     def _fit_uses_class_labels(self):
         return self.training == "joint"
 
-    def _fit(self, X, y, rng):
+    def _check_fit_labels(self, y, n):
+        if self.training != "joint":
+            return None
+        if y is None:
+            self._check_labels(None, n)
+        return y
+
+    def _prepare(self, X, y):
+        super()._prepare(X, y)
+        self._decoder_plan = self._plan_decoder(self.classifier_)
+
+    def _build_feedback_autoencoder(self, plan):
+        spec, pool_layers = plan
+        return FeedbackAutoencoder(classifier=self.classifier_, decoder=spec,
+                                   pool_layers=pool_layers,
+                                   train_classifier=self.training == "joint")
+
+    def _build_anomaly_detector(self):
+        lo_hi = self._value_range
+        return ReconstructionErrorAutoencoder(
+            n_features=int(np.prod(self.image_shape_)), hidden=self.anomaly_hidden,
+            scale=None if lo_hi is None else lo_hi[1] - lo_hi[0], image_shape=self.image_shape_)
+
+    def _build(self):
+        self.feedback_autoencoder_ = self._build_feedback_autoencoder(
+            self._plan_decoder(self.classifier_, self.decoder_kind_)).to(self.device_).eval()
+        self.feedback_decoder_ = self.feedback_autoencoder_.decoder
+        self.anomaly_detector_ = self._build_anomaly_detector().to(self.device_).eval() \
+            if self.use_anomaly_detector else None
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
         joint = self.training == "joint"
-        if joint and y is None:
-            self._check_labels(None, len(X))
-        hooked = self._prepare_classifier(X)
+        hooked = self.classifier_
         if joint:
             y = self._check_labels(y, len(X))
-        fit_idx, cal_idx = self._split_calibration(X, rng)
-        spec, pool_layers = self._plan_decoder(hooked, X)
-
-        # The feedback autoencoder D(E(.)) (Eq. 7), plug-in or joint.
-        if joint:
             hooked.module.requires_grad_(True)
+        # The feedback autoencoder D(E(.)) (Eq. 7), plug-in or joint.
+        plan, self._decoder_plan = self._decoder_plan, None
         self.feedback_autoencoder_ = train_module(
-            FeedbackAutoencoder, X[fit_idx], y[fit_idx] if joint else None, FeedbackLoss,
+            self._build_feedback_autoencoder(plan), X[fit_idx],
+            y[fit_idx] if joint else None, FeedbackLoss,
             desc="DAFAR feedback decoder" + (" + classifier" if joint else ""), detector=self,
             net_cls=_FeedbackNet,
-            module_kwargs=dict(classifier=hooked, decoder=spec, pool_layers=pool_layers,
-                               train_classifier=joint),
             criterion_kwargs=dict(reconstruction=self.reconstruction_loss, classification=joint,
                                   output_kind=self.classifier_output_,
                                   data_range=self._data_range))
         hooked.module.requires_grad_(False)
         hooked.eval()
-        self.classifier_ = hooked
         self.feedback_decoder_ = self.feedback_autoencoder_.decoder
+        vars(self).pop("_decoder_plan", None)
 
         # The anomaly detector C on the clean reconstruction errors (Eq. 8).
-        delta = batched(lambda xb: (xb - self.feedback_autoencoder_(xb)[0]).flatten(1), X,
-                        self.batch_size, self.device_)
+        self.anomaly_detector_ = None
         if self.use_anomaly_detector:
-            lo_hi = self._value_range
+            delta = batched(lambda xb: (xb - self.feedback_autoencoder_(xb)[0]).flatten(1), X,
+                            self.batch_size, self.device_)
             self.anomaly_detector_ = train_module(
-                ReconstructionErrorAutoencoder, delta[fit_idx], delta[fit_idx],
+                self._build_anomaly_detector(), delta[fit_idx], delta[fit_idx],
                 torch.nn.MSELoss, desc="DAFAR anomaly detector", detector=self,
-                max_epochs=self.anomaly_max_epochs,
-                module_kwargs=dict(n_features=delta.shape[1], hidden=self.anomaly_hidden,
-                                   scale=None if lo_hi is None else lo_hi[1] - lo_hi[0],
-                                   image_shape=self.image_shape_))
-        else:
-            self.anomaly_detector_ = None
-
-        # Both scores of the held-out clean images are kept, so that alpha can be
-        # re-learned for another z, or without C, with no retraining.
-        l2, anomaly = batched(lambda d: (d.norm(dim=1), self._anomaly_score(d, use_c=True)),
-                              delta[cal_idx], self.batch_size, self.device_)
-        self.calibration_l2_ = np.asarray(l2, dtype=np.float64)
-        self.calibration_confidence_ = np.asarray(batched(
-            lambda xb: logit_margin(as_logits(self.classifier_(xb)[1], self.classifier_output_)),
-            X[cal_idx], self.batch_size, self.device_), dtype=np.float64)
-        self.calibration_anomaly_scores_ = None if self.anomaly_detector_ is None else \
-            np.asarray(anomaly, dtype=np.float64)
-        self.calibration_indices_ = cal_idx
-        self.n_calibration_ = len(cal_idx)
-        self._set_thresholds()
+                max_epochs=self.anomaly_max_epochs)
 
     def _set_thresholds(self):
         """Eq. (9) on the kept calibration scores, for the current ``z`` and scorer.
@@ -489,8 +495,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         if self.use_anomaly_detector and self.anomaly_detector_ is None:
             raise ValueError("use_anomaly_detector=True, but this detector was fitted without "
                              "the anomaly detector C: refit it to score with C.")
-        scores = self.calibration_anomaly_scores_ if self.use_anomaly_detector \
-            else self.calibration_l2_
+        cal = self.calibration_
+        self.n_calibration_ = len(cal)
+        # Both scores of the held-out clean images are kept, so that alpha can be
+        # re-learned for another z, or without C, with no retraining.
+        scores = cal["anomaly_score" if self.use_anomaly_detector else "l2"].to_numpy()
         # mean + z sigma claims the clean flag rate of a normal tail beyond z sigma.
         rate = 0.5 * math.erfc(float(self.z) / math.sqrt(2.0))
         self._check_threshold_data(
@@ -502,7 +511,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.calibration_scores_ = scores
         self.scores_with_anomaly_detector_ = bool(self.use_anomaly_detector)
         # The confidence test (not in the paper), learned whether or not it is used.
-        conf, q = self.calibration_confidence_, self.confidence_quantile
+        conf, q = cal["confidence"].to_numpy(), self.confidence_quantile
         self.confidence_threshold_ = float(np.quantile(conf, q, method="lower"))
         self.confidence_upper_threshold_ = float(np.quantile(conf, 1 - q, method="higher"))
         self.test_scales_ = dict(anomaly=_spread(self.threshold_ - scores),
@@ -510,7 +519,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
                                  high=_spread(self.confidence_upper_threshold_ - conf))
         self.scores_with_tests_ = (self._confidence_mode(), self.combine_tests)
         if self.scores_with_tests_[0] != "off":
-            combined = self._combined(torch.from_numpy(scores), torch.from_numpy(conf)).numpy()
+            combined = self._scores_of(cal)
             self.offset_ = 0.0 if self.combine_tests == "min" else \
                 float(np.quantile(combined, q, method="lower"))
 
@@ -532,8 +541,12 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         margins = torch.stack(margins)
         return margins.min(dim=0).values if combine == "min" else margins.sum(dim=0)
 
-    def _plan_decoder(self, hooked, X):
-        """Decoder spec (plain data for skorch) and the pooling layers it reads."""
+    def _plan_decoder(self, hooked, kind=None):
+        """Decoder spec and the pooling layers it reads, from the shapes only.
+
+        ``kind``: the design found at fit (``decoder_kind_``), for load, which
+        rebuilds it without tracing again; ``None`` at fit.
+        """
         value_range = self._value_range
         n_features = int(np.prod(self.feature_shape_))
         fallback = choose_design("auto", n_features, self.image_shape_)
@@ -542,9 +555,10 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         spec = dict(kind=fallback, feature_shape=self.feature_shape_,
                     image_shape=self.image_shape_, value_range=value_range)
         self.decoder_kind_ = fallback
-        if self.decoder != "mirror":
+        if self.decoder != "mirror" or kind not in (None, "mirror"):
             return spec, []
-        probe = torch.as_tensor(writable(X[:2]), device=self.device_)
+        # The encoder is traced on blank images: the plan depends on shapes only.
+        probe = torch.zeros((2,) + tuple(self.image_shape_), device=self.device_)
         probe = probe.flatten(1) if self.flat_input_ else probe
         model = hooked.module
         try:
@@ -585,16 +599,27 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             return delta.norm(dim=1)
         return (delta - self.anomaly_detector_(delta)).norm(dim=1)
 
-    def _forward(self, xb):
+    def _pass(self, xb):
+        """``(D(E(x)), metrics)`` of one batch: the reconstruction and the raw scores."""
         recon, scores = self.feedback_autoencoder_(xb)
         delta = (xb - recon).flatten(1)
-        conf = logit_margin(as_logits(scores, self.classifier_output_))
-        return recon, conf, delta.norm(dim=1), self._anomaly_score(delta)
+        metrics = {"l2": delta.norm(dim=1),
+                   "confidence": logit_margin(as_logits(scores, self.classifier_output_))}
+        if self.anomaly_detector_ is not None:
+            metrics["anomaly_score"] = self._anomaly_score(delta, use_c=True)
+        return recon, metrics
 
-    def _score_batch(self, xb):
-        _, conf, l2, anomaly = self._forward(xb)
-        return {"l2": l2, "anomaly_score": anomaly, "confidence": conf,
-                "score": self._combined(anomaly, conf)}
+    def _forward_batch(self, xb, every=False):
+        metrics = self._pass(xb)[1]
+        if every and "anomaly_score" not in metrics:
+            metrics["anomaly_score"] = metrics["l2"]
+        return metrics
+
+    def _score(self, metrics):
+        """Minus the anomaly score (Eq. 8), or the combined tests' margins."""
+        use_c = self.scores_with_anomaly_detector_ and "anomaly_score" in metrics
+        return self._combined(metrics["anomaly_score" if use_c else "l2"],
+                              metrics["confidence"])
 
     def _run(self, X, fn):
         check_is_fitted(self)
@@ -650,12 +675,15 @@ class DAFARDetector(TransformerMixin, BaseDetector):
 
     def _detect_and_purify(self, X):
         """``(decision_function(X), transform(X))`` from one pass."""
-        def fn(xb):
-            recon, conf, _, anomaly = self._forward(xb)
-            return self._combined(anomaly, conf) - self.offset_, recon
+        keys = []
 
-        decision, recon = self._run(X, fn)
-        return decision.astype(np.float64), recon
+        def fn(xb):
+            recon, metrics = self._pass(xb)
+            keys[:] = list(metrics)
+            return (recon,) + tuple(metrics.values())
+
+        recon, *values = self._run(X, fn)
+        return self._scores_of(dict(zip(keys, values))) - self.offset_, recon
 
     def calibrate(self, X, fpr=0.01):
         """Move the threshold to a target false-positive rate on clean images.

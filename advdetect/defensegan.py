@@ -318,32 +318,39 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, X, y, rng):
-        fit_idx, cal_idx = self._split_calibration(X, rng)
-        X_fit = X[fit_idx]
+    _networks = ("generator_",)
+    _fitted_values = ("latent_seed_",)
+
+    def _prepare(self, X, y):
+        """Defense-GAN does not read the classifier: no copy of it is made."""
+
+    def _build_wgan(self):
+        return WGAN(image_shape=self.image_shape_, latent_dim=int(self.latent_dim),
+                    width=int(self.width), value_range=self._value_range)
+
+    @staticmethod
+    def _frozen_generator(gan):
+        return gan.generator.eval().requires_grad_(False)
+
+    def _build(self):
+        self.generator_ = self._frozen_generator(self._build_wgan()).to(self.device_)
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
         extra = {}
         if self.optimizer in (torch.optim.Adam, torch.optim.AdamW):
             extra["optimizer__betas"] = (0.5, 0.9)  # the reference's Adam settings
         gan = train_module(
-            WGAN, X_fit, None, torch.nn.MSELoss, desc="Defense-GAN WGAN-GP", detector=self,
-            net_cls=WGANGPNet,
-            module_kwargs=dict(image_shape=self.image_shape_, latent_dim=int(self.latent_dim),
-                               width=int(self.width), value_range=self._value_range),
+            self._build_wgan(), X[fit_idx], None, torch.nn.MSELoss,
+            desc="Defense-GAN WGAN-GP", detector=self, net_cls=WGANGPNet,
             critic_iters=int(self.critic_iters), gradient_penalty=float(self.gradient_penalty),
             **extra)
-        generator = gan.generator.to(self.device_).eval()
-        for p in generator.parameters():
-            p.requires_grad_(False)
-        self.generator_ = generator
+        self.generator_ = self._frozen_generator(gan).to(self.device_)
         self.latent_seed_ = int(rng.integers(0, 2**31 - 1))
-        self.validation_errors_ = np.asarray(
-            batched(lambda xb: self._search(xb)[1], X[cal_idx], self.batch_size, self.device_),
-            dtype=np.float64)
-        self.n_calibration_ = len(cal_idx)
-        self._set_thresholds()
 
     def _set_thresholds(self):
-        self.offset_ = float(np.quantile(-self.validation_errors_, self.fpr, method="lower"))
+        errors = self.calibration_["reconstruction_error"].to_numpy()
+        self.n_calibration_ = len(errors)
+        self.offset_ = float(np.quantile(-errors, self.fpr, method="lower"))
 
     # -------------------------------------------------------------- forward
     def _latent_start(self):
@@ -357,9 +364,12 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
                                float(self.search_lr), float(self.search_momentum))
         return rec, (rec - xb).pow(2).flatten(1).sum(1)
 
-    def _score_batch(self, xb):
-        err = self._search(xb)[1]
-        return {"reconstruction_error": err, "score": -err}
+    def _forward_batch(self, xb, every=False):
+        return {"reconstruction_error": self._search(xb)[1]}
+
+    def _score(self, metrics):
+        """Minus the squared L2 distance to the generator's range (Samangouei et al. 2018, Eq. 6)."""
+        return -metrics["reconstruction_error"]
 
     # --------------------------------------------------------------- extras
     def reconstruct(self, X):

@@ -20,7 +20,7 @@ from skorch import NeuralNet
 from skorch.utils import to_tensor
 from torch import nn
 
-from .base import BaseDetector, batched, train_module
+from .base import BaseDetector, batched, train_module, upper_quantile
 from .nn.reconstructors import CropTo, OutputRange
 
 __all__ = ["MagNetDetector", "MagNetAutoencoder", "DenoisingAutoencoderNet"]
@@ -259,7 +259,7 @@ class MagNetDetector(TransformerMixin, BaseDetector):
     thresholds_ : pandas.DataFrame
         Per detector (rows): ``p``, ``threshold`` (on the reconstruction error)
         and ``scale`` (standard deviation of the clean validation errors).
-    validation_errors_ : pandas.DataFrame
+    calibration_ : pandas.DataFrame
         Reconstruction errors of the clean validation images, one column
         ``error_<name>`` per detector; the thresholds are computed from them.
     n_calibration_ : int
@@ -377,58 +377,57 @@ class MagNetDetector(TransformerMixin, BaseDetector):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, X, y, rng):
+    _networks = ("autoencoders_",)
+    _fitted_values = ("detectors_",)
+
+    def _prepare(self, X, y):
+        # MagNet does not read the classifier: no copy of it is made.
         self.detectors_ = self._selected_detectors()
-        fit_idx, cal_idx = self._split_calibration(X, rng)
+
+    def _build_autoencoder(self, name):
+        return MagNetAutoencoder(image_shape=self.image_shape_,
+                                 structure=MNIST_STRUCTURES[name], value_range=self._value_range)
+
+    def _build(self):
+        self.autoencoders_ = nn.ModuleDict(
+            {name: self._build_autoencoder(name) for name in self.detectors_}).to(self.device_)
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
         X_fit = X[fit_idx]
         autoencoders = {}
         with _one_torch_thread(self.device_):
             for name in self.detectors_:
-                autoencoders[name] = self._train_autoencoder(name, X_fit)
+                autoencoders[name] = train_module(
+                    self._build_autoencoder(name), X_fit, X_fit, nn.MSELoss,
+                    desc=f"MagNet AE-{name}", detector=self, net_cls=DenoisingAutoencoderNet,
+                    noise_std=float(self.noise_std) * self._data_range,
+                    noise_range=self._value_range, activity_l2=float(self.activity_l2))
         self.autoencoders_ = nn.ModuleDict(autoencoders).to(self.device_).eval()
 
-        errors = batched(lambda xb: tuple(self._errors(xb).values()), X[cal_idx],
-                         self.batch_size, self.device_)
-        errors = errors if isinstance(errors, tuple) else (errors,)
-        self.validation_errors_ = pd.DataFrame(
-            {f"error_{name}": np.asarray(e, dtype=np.float64)
-             for name, e in zip(self.detectors_, errors)})
-        self._check_threshold_data(len(cal_idx), self.drop_rate,
-                                   f"drop_rate={self.drop_rate:g}")
+    def _set_thresholds(self):
+        """The reference's rule: each threshold passes all but ``drop_rate`` of the clean
+        calibration errors; the score is the smallest margin in units of its spread."""
+        cal = self.calibration_
+        self._check_threshold_data(len(cal), self.drop_rate, f"drop_rate={self.drop_rate:g}")
         rows = {}
         for name in self.detectors_:
-            e = self.validation_errors_[f"error_{name}"].to_numpy()
-            rows[name] = {"p": _P[name], "threshold": _upper_quantile(e, self.drop_rate),
+            e = cal[f"error_{name}"].to_numpy()
+            rows[name] = {"p": _P[name], "threshold": upper_quantile(e, self.drop_rate),
                           "scale": float(np.std(e)) or 1.0}
         self.thresholds_ = pd.DataFrame.from_dict(rows, orient="index")
-        self.n_calibration_ = len(cal_idx)
+        self.n_calibration_ = len(cal)
         self.offset_ = 0.0
 
-    def _train_autoencoder(self, name, X_fit):
-        vr = self._value_range
-        return train_module(
-            MagNetAutoencoder, X_fit, X_fit, nn.MSELoss, desc=f"MagNet AE-{name}",
-            detector=self, net_cls=DenoisingAutoencoderNet,
-            module_kwargs=dict(image_shape=self.image_shape_, structure=MNIST_STRUCTURES[name],
-                               value_range=vr),
-            noise_std=float(self.noise_std) * self._data_range, noise_range=vr,
-            activity_l2=float(self.activity_l2))
-
     # -------------------------------------------------------------- forward
-    def _errors(self, xb):
-        """Reconstruction error mean |x - AE(x)|^p of each detector."""
-        return {name: (xb - self.autoencoders_[name](xb)).abs().pow(_P[name]).flatten(1).mean(1)
-                for name in self.detectors_}
+    def _forward_batch(self, xb, every=False):
+        """Reconstruction error mean |x - AE(x)|^p of each autoencoder."""
+        return {f"error_{name}": (xb - self.autoencoders_[name](xb)).abs().pow(_P[name])
+                .flatten(1).mean(1) for name in self.detectors_}
 
-    def _score_batch(self, xb):
-        errors = self._errors(xb)
-        out, margins = {}, []
-        for name, err in errors.items():
-            thr = self.thresholds_.loc[name]
-            out[f"error_{name}"] = err
-            margins.append((thr["threshold"] - err) / thr["scale"])
-        out["score"] = torch.stack(margins).min(dim=0).values
-        return out
+    def _score(self, metrics):
+        margins = [(thr["threshold"] - metrics[f"error_{name}"]) / thr["scale"]
+                   for name, thr in self.thresholds_.iterrows()]
+        return torch.stack(margins).min(dim=0).values
 
     # --------------------------------------------------------------- extras
     def reconstruct(self, X, detector=None):
@@ -495,16 +494,3 @@ def _one_torch_thread(device):
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def _upper_quantile(values, rate):
-    """``sorted(values)[ceil(n (1 - rate)) - 1]``: at most a fraction ``rate`` lies above.
-
-    Values strictly above it are flagged: ``floor(n * rate)`` of them without
-    ties, the validation images MagNet's reference drops (it flags errors at or
-    above the ``int(n * rate)``-th largest). Feature Squeezing's reference uses
-    this rule as it stands.
-    """
-    values = np.sort(np.asarray(values, dtype=np.float64))
-    k = int(np.ceil(len(values) * (1.0 - rate)))
-    return float(values[min(max(k, 1), len(values)) - 1])

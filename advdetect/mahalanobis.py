@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-from .base import _SKIP_TRAINING, BaseDetector, batched
+from .base import BaseDetector, batched
 from .nn.mahalanobis import (ClassConditionalGaussian, LayerFeatures, MahalanobisDecision,
                              mahalanobis_layer_scores, spatial_mean)
 
@@ -149,8 +149,9 @@ class MahalanobisDetector(BaseDetector):
         Per layer, LedoitWolf's shrinkage (0.0 for ``"empirical"``).
     noise_magnitude_ : float
         The pre-processing step the calibration scores were computed with.
-    calibration_layer_scores_ : ndarray of shape (n_calibration, n_layers)
-        M_l of the held-out clean images.
+    calibration_ : pandas.DataFrame
+        M_l of the held-out clean images, one column ``mahalanobis_<layer>``
+        per layer, indexed by their positions among fit's images.
     combine_weights_ : ndarray of shape (n_layers,)
     combine_bias_ : float
         ``score = layer_scores @ combine_weights_ + combine_bias_``.
@@ -280,9 +281,16 @@ class MahalanobisDetector(BaseDetector):
             raise ValueError(f"fpr must be in [0, 1), got {self.fpr!r}")
 
     # ------------------------------------------------------------------ fit
+    _networks = ("classifier_", "gaussians_")
+    _fitted_values = ("feature_layers_", "covariance_shrinkage_", "noise_magnitude_",
+                      "logistic_coef_", "logistic_intercept_")
+
     def _fit_uses_class_labels(self):
         # With the logistic ensemble, fit reads the adversarial rows itself.
         return self.combine == "logistic"
+
+    def _check_fit_labels(self, y, n):
+        return self._outlier_labels(y, n) if self.combine == "logistic" else None
 
     def _outlier_labels(self, y, n):
         """+1/-1 labels of the logistic ensemble (both needed), or a clear error."""
@@ -336,20 +344,35 @@ class MahalanobisDetector(BaseDetector):
         self.feature_layers_ = names
         return features, [int(spatial_mean(f).shape[1]) for f in feats]
 
-    def _fit(self, X, y, rng):
-        logistic = self.combine == "logistic"
-        skip = _SKIP_TRAINING.get()  # advdetect.persistence building a saved detector
-        if logistic and not skip:
-            y = self._outlier_labels(y, len(X))
-            X_adv, X = X[y == -1], X[y == 1]
-        features, dims = self._prepare_features(X)
-        self.classifier_ = features
-        fit_idx, cal_idx = self._split_calibration(X, rng)
+    def _prepare(self, X, y):
+        if self.combine == "logistic":
+            X = X[y == 1]
+        self.classifier_, _ = self._prepare_features(X)
 
+    def _split(self, X, y, rng):
+        if y is None:
+            return super()._split(X, y, rng)
+        # The Gaussians and the threshold are learned on the clean rows only.
+        clean = np.flatnonzero(y == 1)
+        fit_idx, cal_idx = super()._split(X[clean], None, rng)
+        return clean[fit_idx], clean[cal_idx]
+
+    def _layer_dims(self):
+        probe = torch.zeros((1,) + tuple(self.image_shape_), device=self.device_)
+        with torch.no_grad():
+            feats, _ = self.classifier_(probe.flatten(1) if self.flat_input_ else probe)
+        return [int(spatial_mean(f).shape[1]) for f in feats]
+
+    def _build(self):
+        self.gaussians_ = torch.nn.ModuleList(
+            ClassConditionalGaussian(self.n_classes_, d) for d in self._layer_dims()) \
+            .to(self.device_).eval()
+
+    def _train(self, X, y, fit_idx, cal_idx, rng):
         # Eq. (1): class means and the tied covariance, on the predicted classes.
-        out = batched(lambda xb: self._features_and_labels(xb), X[fit_idx], self.batch_size,
-                      self.device_)
-        *feats, labels = out
+        dims = self._layer_dims()
+        *feats, labels = batched(self._features_and_labels, X[fit_idx], self.batch_size,
+                                 self.device_)
         gaussians, shrinkage = [], []
         for f, d in zip(feats, dims):
             g, s = self._fit_gaussian(np.asarray(f, dtype=np.float64), labels, d)
@@ -358,24 +381,15 @@ class MahalanobisDetector(BaseDetector):
         self.gaussians_ = torch.nn.ModuleList(gaussians).to(self.device_).eval()
         self.covariance_shrinkage_ = shrinkage
         self.noise_magnitude_ = float(self.noise_magnitude)
-
-        self.calibration_layer_scores_ = self._layer_scores(X[cal_idx])
-        self.n_calibration_ = len(cal_idx)
-        if logistic:
+        if self.combine == "logistic":
             from sklearn.linear_model import LogisticRegression
 
-            if skip:
-                coef, intercept = np.zeros(len(dims)), 0.0
-            else:
-                # The paper's regression, on held-out clean and the adversarial rows.
-                adv = self._layer_scores(X_adv)
-                Z = np.r_[self.calibration_layer_scores_, adv]
-                t = np.r_[np.ones(len(cal_idx)), -np.ones(len(adv))]
-                lr = LogisticRegression(max_iter=1000).fit(Z, t)
-                coef, intercept = lr.coef_[0], float(lr.intercept_[0])
-            self.logistic_coef_ = np.asarray(coef, dtype=np.float64)
-            self.logistic_intercept_ = float(intercept)
-        self._set_thresholds()
+            # The paper's regression, on held-out clean and the adversarial rows.
+            Z = np.r_[self._layer_scores(X[cal_idx]), self._layer_scores(X[y == -1])]
+            t = np.r_[np.ones(len(cal_idx)), -np.ones(int(np.sum(y == -1)))]
+            lr = LogisticRegression(max_iter=1000).fit(Z, t)
+            self.logistic_coef_ = np.asarray(lr.coef_[0], dtype=np.float64)
+            self.logistic_intercept_ = float(lr.intercept_[0])
 
     def _fit_gaussian(self, f, labels, d):
         k = self.n_classes_
@@ -412,7 +426,8 @@ class MahalanobisDetector(BaseDetector):
     def _set_thresholds(self):
         """Combination weights and ``offset_`` from the kept clean calibration scores."""
         self._check_params()
-        scores = self.calibration_layer_scores_
+        scores = self.calibration_[self._columns()].to_numpy()
+        self.n_calibration_ = len(scores)
         n_layers = scores.shape[1]
         if self.combine == "logistic":
             if not hasattr(self, "logistic_coef_"):
@@ -434,14 +449,20 @@ class MahalanobisDetector(BaseDetector):
             if len(combined) else 0.0
 
     # -------------------------------------------------------------- forward
-    def _score_batch(self, xb):
+    def _columns(self):
+        return [f"mahalanobis_{name}" for name in self.feature_layers_]
+
+    def _forward_batch(self, xb, every=False):
+        """The Mahalanobis score of each layer (Eq. 2, after the input pre-processing)."""
         layer_scores = mahalanobis_layer_scores(self.classifier_, self.gaussians_, xb,
                                                 self.noise_magnitude_)
-        out = {f"mahalanobis_{name}": layer_scores[:, i]
-               for i, name in enumerate(self.feature_layers_)}
-        w = torch.as_tensor(self.combine_weights_, dtype=layer_scores.dtype, device=xb.device)
-        out["score"] = layer_scores @ w + self.combine_bias_
-        return out
+        return dict(zip(self._columns(), layer_scores.unbind(dim=1)))
+
+    def _score(self, metrics):
+        layer_scores = torch.stack([metrics[c] for c in self._columns()], dim=1)
+        w = torch.as_tensor(self.combine_weights_, dtype=layer_scores.dtype,
+                            device=layer_scores.device)
+        return layer_scores @ w + self.combine_bias_
 
     def to_torch(self):
         """The decision function as a frozen ``torch.nn.Module``, differentiable in x.

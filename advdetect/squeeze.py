@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from .base import BaseDetector, as_logits, batched
+from .base import BaseDetector, as_logits, upper_quantile
 
 __all__ = ["FeatureSqueezingDetector", "bit_depth", "median_filter", "non_local_means",
            "SQUEEZER_PRESETS"]
@@ -185,11 +185,19 @@ def _parse_squeezer(spec):
                      f"'nl_means' (or a preset name: {sorted(SQUEEZER_PRESETS)})")
 
 
-def _upper_quantile(values, rate):
-    """``sorted(values)[ceil(n (1 - rate)) - 1]``, the reference's threshold rule."""
-    values = np.sort(np.asarray(values, dtype=np.float64))
-    k = int(np.ceil(len(values) * (1.0 - rate)))
-    return float(values[min(max(k, 1), len(values)) - 1])
+class _Counted:
+    """An image array whose batches advance a progress bar as they are read."""
+
+    def __init__(self, X, bar):
+        self.X, self.bar = X, bar
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, key):
+        batch = self.X[key]
+        self.bar.update(len(batch))
+        return batch
 
 
 class FeatureSqueezingDetector(BaseDetector):
@@ -375,9 +383,12 @@ class FeatureSqueezingDetector(BaseDetector):
             raise ValueError(f"fpr must be in [0, 1), got {self.fpr!r}")
 
     # ------------------------------------------------------------------ fit
-    def _fit(self, X, y, rng):
-        self.classifier_ = self._prepare_classifier(X)
-        self.squeezers_ = self._parse_squeezers()
+    _networks = ("classifier_",)
+    _fitted_values = ("squeeze_range_",)
+
+    def _prepare(self, X, y):
+        super()._prepare(X, y)
+        self._build()
         # The squeezers are defined on [0, 1] (bit depth rounds x (2^b - 1), non-local
         # means takes h / 255): they run on the inputs mapped from this range to
         # [0, 1] and back, the declared input_range or, unbounded, the training data's.
@@ -386,25 +397,28 @@ class FeatureSqueezingDetector(BaseDetector):
         else:
             lo, hi = float(X.min()), float(X.max())
             self.squeeze_range_ = (lo, hi if hi > lo else lo + 1.0)
+
+    def _build(self):
+        # No network of its own: the squeezers are functions of the parameters.
+        self.squeezers_ = self._parse_squeezers()
+
+    def _calibration_metrics(self, X_cal):
+        # Nothing is trained: the threshold is learned on every training image.
         bar = None
         if self.verbose:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(X), desc="Feature squeezing", unit="img")
-
-        def max_l1(xb):
-            d = self._distances(xb)
-            if bar is not None:  # batched() pads the last batch: count real images only
-                bar.update(min(len(xb), bar.total - bar.n))
-            return torch.stack(list(d.values())).max(dim=0).values
-
+            bar = tqdm(total=len(X_cal), desc="Feature squeezing", unit="img")
         try:
-            distances = batched(max_l1, X, self.batch_size, self.device_)
+            return super()._calibration_metrics(X_cal if bar is None else _Counted(X_cal, bar))
         finally:
             if bar is not None:
                 bar.close()
-        self._check_threshold_data(len(distances), self.fpr, f"fpr={self.fpr:g}",
+
+    def _set_thresholds(self):
+        largest = -self._scores_of(self.calibration_)  # the max L1 distance per image
+        self._check_threshold_data(len(largest), self.fpr, f"fpr={self.fpr:g}",
                                    held_out=False)
-        self.threshold_ = _upper_quantile(distances, self.fpr)
+        self.threshold_ = upper_quantile(largest, self.fpr)
         self.offset_ = -self.threshold_
 
     # -------------------------------------------------------------- forward
@@ -427,11 +441,16 @@ class FeatureSqueezingDetector(BaseDetector):
             out[f"l1_{name}"] = (probs - squeezed).abs().sum(dim=1)
         return out
 
-    def _score_batch(self, xb):
+    def _forward_batch(self, xb, every=False):
         out = self._distances(xb)
-        out["l1_max"] = torch.stack(list(out.values())).max(dim=0).values
-        out["score"] = -out["l1_max"]
+        if every:
+            out["l1_max"] = torch.stack(list(out.values())).max(dim=0).values
         return out
+
+    def _score(self, metrics):
+        """Minus the largest L1 distance over the squeezers (Xu et al. 2018, Section 3.2)."""
+        return -torch.stack([metrics[f"l1_{name}"] for name, _ in self.squeezers_]) \
+            .max(dim=0).values
 
     def _score_torch(self, x):
         """Differentiable score for :meth:`to_torch`, with BPDA through the squeezers.

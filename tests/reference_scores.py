@@ -62,7 +62,10 @@ def compute():
         X_adv = _fgsm(victim.module_.eval(), X[200:], y[200:], 0.2)
     X_fit, X_test = X[:200], np.concatenate([X[200:], X_adv])
     out = {}
+    only = os.environ.get("ADVDETECT_REF_ONLY")
     for name, det in detectors(victim).items():
+        if only and not name.startswith(tuple(only.split(","))):
+            continue
         if name == "binary":  # supervised: clean +1, adversarial -1
             with seeded(1):
                 adv_fit = _fgsm(victim.module_.eval(), X_fit, y[:200], 0.2)
@@ -87,6 +90,8 @@ def compare():
         before = dict(f)
     for key in sorted(before):
         a, b = now.get(key), before[key]
+        if a is None and os.environ.get("ADVDETECT_REF_ONLY"):
+            continue
         if a is None or a.shape != b.shape:
             print(f"{key:32s} MISSING or other shape")
             continue
