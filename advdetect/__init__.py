@@ -5,6 +5,7 @@ Every detector is a scikit-learn outlier detector fitted on clean images:
 negative and ``predict`` returns -1 for inputs flagged as adversarial.
 """
 
+from .base import load
 from .binary import BinaryClassifierDetector
 from .cmag import CMAGDetector
 from .dafar import DAFARDetector
@@ -17,4 +18,5 @@ from .squeeze import FeatureSqueezingDetector
 __version__ = "0.1.0.dev0"
 
 __all__ = ["BinaryClassifierDetector", "CMAGDetector", "DAFARDetector", "DefenseGANDetector",
-           "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector"]
+           "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector",
+           "load"]

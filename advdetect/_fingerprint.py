@@ -1,7 +1,7 @@
 """Fingerprints of a protected classifier: a SHA-256 digest of its weights and its layout.
 
 A fitted detector records both (``classifier_digest_``, ``classifier_layout_``)
-so that :func:`advdetect.persistence.load` can tell whether the classifier it
+so that :func:`advdetect.load` can tell whether the classifier it
 is handed is the one the detector was fitted on, and say what differs.
 """
 
@@ -68,3 +68,41 @@ def classifier_layout(module):
         cls = getattr(type(sub), "cls_to_become", None) or type(sub)
         out.append(f"{name}: {cls.__name__}")
     return tuple(out)
+
+
+def check_classifier(module, saved_digest, saved_layout, strict):
+    """``ValueError`` (a warning with ``strict=False``) unless ``module`` is the one fitted.
+
+    The detector scores with its saved copy of the classifier's weights, but
+    ``detector.classifier`` is the object passed to ``load``, and that is what
+    ``clone(detector).fit(X)``, ``DetectAndPurify`` and a Pipeline use: a
+    classifier with other weights (retrained, fine-tuned, untrained) or other
+    layers would be protected by a detector calibrated on another network.
+    """
+    import warnings
+
+    problems = []
+    given_layout = classifier_layout(module)
+    if tuple(saved_layout) != given_layout:
+        saved_set, given_set = set(saved_layout), set(given_layout)
+        only_saved = [x for x in saved_layout if x not in given_set]
+        only_given = [x for x in given_layout if x not in saved_set]
+        problems.append(f"its layers differ (fitted with {only_saved[:5]}, given "
+                        f"{only_given[:5]})")
+    given_digest = classifier_digest(module)
+    if given_digest != saved_digest:
+        problems.append(f"its weights differ (SHA-256 of the state_dict: fitted "
+                        f"{str(saved_digest)[:12]}..., given {given_digest[:12]}...)")
+    if not problems:
+        return
+    message = (
+        "the classifier passed to load is not the one the detector was fitted on: "
+        + "; ".join(problems) + ". The detector would score with its saved copy of the "
+        "fitted classifier while detector.classifier, which clone(), refitting and "
+        "DetectAndPurify use, would be the one passed. Pass the classifier with the weights "
+        "the detector was fitted on; if the classifier was retrained, refit the detector on "
+        "it (clone(detector).set_params(classifier=new).fit(X_clean)); strict=False loads "
+        "anyway, with a warning.")
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=4)

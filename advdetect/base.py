@@ -518,6 +518,11 @@ def _probe(module, x):
 # --------------------------------------------------------------------------- #
 # Set from X by fit; restored when fit's X turns out to be invalid.
 _INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "image_shape_", "flat_input_")
+# Set by _prepare_classifier: what the saved state records of the classifier.
+_CLASSIFIER_VALUES = ("feature_layer_", "classifier_output_", "n_classes_", "feature_shape_",
+                      "classifier_digest_", "classifier_layout_")
+# Every detector class by name (BaseDetector.__init_subclass__), for load.
+_REGISTRY = {}
 
 _EXPECTED_INPUT = ("a detector needs images of shape (n, C, H, W), (n, H, W) or flat "
                    "(n, C*H*W) holding real pixel intensities")
@@ -1281,6 +1286,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         self._check_threshold_data(len(scores), fpr, f"calibrate(fpr={fpr:g})", held_out=False)
         # "lower" interpolation: at most a fraction fpr of X falls strictly below.
         self.offset_ = float(np.quantile(scores, fpr, method="lower"))
+        self._offset_moved()
         return self
 
     # ------------------------------------------------------ differentiable
@@ -1411,8 +1417,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         A safetensors file: network weights and numeric arrays as tensors, the
         parameters and other fitted attributes as a JSON header with a SHA-256
-        digest (:mod:`advdetect.persistence` describes the format). The
-        classifier's architecture is not stored: pass it to :meth:`load`.
+        digest (:mod:`advdetect._persistence` describes the format). What is
+        stored is the detector's state: its parameters, input attributes, the
+        state dicts of its networks, the raw metrics of its calibration images
+        (``calibration_``) and ``offset_``; thresholds are derived again on
+        load. The classifier's architecture is not stored: pass it to
+        :meth:`load`.
 
         Parameters
         ----------
@@ -1426,12 +1436,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         sklearn.exceptions.NotFittedError
             When the detector is not fitted.
         ValueError
-            When a parameter has a type the format cannot store (an optimizer
-            from outside ``torch.optim``, for example).
+            When a parameter or fitted value has a type the format cannot
+            store (an optimizer from outside ``torch.optim``, for example).
 
         See Also
         --------
-        load : the inverse; advdetect.persistence.save : the same as a function.
+        load : the inverse; advdetect.load : the same for any detector class.
 
         Examples
         --------
@@ -1448,9 +1458,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         >>> bool(np.array_equal(again.score_samples(X), det.score_samples(X)))
         True
         """
-        from .persistence import save
+        from . import _persistence
 
-        save(self, path)
+        header, tensors = self._get_state()
+        _persistence.write(path, header, tensors)
 
     @classmethod
     def load(cls, path, classifier=None, device=None, *, strict=True):
@@ -1476,7 +1487,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             CPU, with a warning, where CUDA is absent).
         strict : bool, default=True
             Refuse a classifier whose weights or layers differ from the one
-            fitted; ``False`` warns instead (:func:`advdetect.persistence.load`).
+            fitted; ``False`` warns instead (see Notes).
 
         Returns
         -------
@@ -1487,12 +1498,26 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         Raises
         ------
         ValueError
-            When the file is not an advdetect detector file, is of a newer
+            When the file is not an advdetect detector file, is of another
             format version, fails its digest check, holds another class, or
             when ``classifier`` does not match the saved classifier (other
             layers, shapes or weights).
         TypeError
             When the detector needs a classifier and none is given.
+
+        Notes
+        -----
+        Loading builds the detector from its saved parameters, copies the
+        classifier passed, builds every network from the saved shapes
+        (``_build``), loads the saved state dicts strictly, and derives the
+        thresholds from the saved calibration metrics (``_set_thresholds``);
+        nothing is fitted. Why a different classifier is refused rather than
+        warned about: the detector scores with its own copy of the fitted
+        weights, but ``detector.classifier`` is the object passed here, and
+        that is the network ``clone(detector).fit(X)``, ``DetectAndPurify``
+        and Pipelines use; a retrained network would be guarded by a detector
+        calibrated on another one, silently. ``torch``'s
+        ``load_state_dict(strict=True)`` refuses a mismatch for the same reason.
 
         Examples
         --------
@@ -1508,7 +1533,161 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         >>> type(again).__name__, bool(np.array_equal(again.predict(X), det.predict(X)))
         ('MagNetDetector', True)
         """
-        from .persistence import load
+        from . import _persistence
 
-        return load(path, classifier, device=device,
-                    expected_class=None if cls is BaseDetector else cls, strict=strict)
+        header, tensors = _persistence.read(path)
+        name = header.get("class")
+        target = _REGISTRY.get(name) if isinstance(name, str) else None
+        if target is None:
+            raise ValueError(f"the file holds a {name!r}, which is not one of the detector "
+                             f"classes advdetect loads: {', '.join(sorted(_REGISTRY))}.")
+        if cls is not BaseDetector and not issubclass(target, cls):
+            raise ValueError(f"the file holds a {name}, not a {cls.__name__}; load it with "
+                             f"advdetect.load or {name}.load.")
+        return target._from_state(header, tensors, classifier, device, strict)
+
+    # ----------------------------------------------------------------- state
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    def _values(self):
+        """The names of the fitted plain values the state holds."""
+        return _INPUT_ATTRIBUTES + _CLASSIFIER_VALUES + tuple(self._fitted_values)
+
+    def _get_state(self):
+        """``(header, tensors)``: what :meth:`save` writes (see :mod:`advdetect._persistence`)."""
+        from . import __version__, _persistence
+
+        check_is_fitted(self)
+        tensors = {}
+
+        def encode(kind, name, value):
+            try:
+                return _persistence.encode(value, name, tensors)
+            except _persistence.Unencodable as exc:
+                raise ValueError(f"cannot save the {kind} {exc}: the format stores numbers, "
+                                 "strings, tuples, lists, numpy arrays and torch.optim "
+                                 "classes.") from None
+
+        params = {k: encode("parameter", k, v)
+                  for k, v in self.get_params(deep=False).items() if k != "classifier"}
+        values = {k: encode("fitted value", k, getattr(self, k))
+                  for k in self._values() if hasattr(self, k)}
+        networks = {}
+        for name in self._networks:
+            module = getattr(self, name, None)
+            networks[name] = None if module is None else name
+            if module is not None:
+                tensors.update({f"network/{name}/{k}": v
+                                for k, v in module.state_dict().items()})
+        cal = self.calibration_
+        for column in cal.columns:
+            tensors[f"calibration/{column}"] = torch.from_numpy(
+                np.ascontiguousarray(cal[column].to_numpy(dtype=np.float64)))
+        tensors["calibration/index"] = torch.from_numpy(np.asarray(cal.index, dtype=np.int64))
+        header = {"advdetect_version": __version__, "torch_version": torch.__version__,
+                  "class": type(self).__name__, "params": params, "values": values,
+                  "networks": networks, "calibration": [str(c) for c in cal.columns],
+                  "offset": encode("fitted value", "offset_", float(self.offset_))}
+        return header, tensors
+
+    @classmethod
+    def _from_state(cls, header, tensors, classifier, device, strict):
+        """Build, then load: the inverse of :meth:`_get_state` (skorch's initialize + load_params)."""
+        from . import _persistence
+        from ._fingerprint import check_classifier
+
+        parts = [header.get(k) for k in ("params", "values", "networks", "calibration")]
+        if not (all(isinstance(x, dict) for x in parts[:3]) and isinstance(parts[3], list)):
+            raise ValueError("malformed advdetect header: it needs params, values, networks "
+                             "and calibration.")
+        params, values, networks, columns = parts
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise ValueError(f"the file stores parameters {unknown} that {cls.__name__} does "
+                             "not have (it was saved by another version of advdetect).")
+        self = cls()
+        self.set_params(classifier=classifier,
+                        **{k: _persistence.decode(v, tensors) for k, v in params.items()})
+        for name, spec in values.items():
+            if name not in self._values():
+                raise ValueError(f"malformed advdetect header: {cls.__name__} has no fitted "
+                                 f"value {name!r}")
+            setattr(self, name, _persistence.decode(spec, tensors))
+        self.device_ = resolve_device(getattr(self, "device", "cpu") if device is None
+                                      else device)
+        if "classifier_digest_" in values:
+            if classifier is None:
+                raise TypeError(f"this {cls.__name__} protects a classifier: pass the same "
+                                "architecture it was fitted with as load(path, classifier=...) "
+                                "(its saved weights are loaded into the detector's copy).")
+            check_classifier(unwrap_classifier(classifier), self.classifier_digest_,
+                             self.classifier_layout_, strict)
+            self.classifier_ = self._restore_classifier()
+        self._build()
+        for name in self._networks:
+            if networks.get(name) is None:
+                setattr(self, name, None)
+                continue
+            prefix = f"network/{name}/"
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                getattr(self, name).load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                what = "the classifier passed to load does not match the saved classifier" \
+                    if name in ("classifier_",) or "classifier." in str(exc) else \
+                    f"the saved weights of {name} do not fit the network"
+                raise ValueError(f"{what}: {exc}") from None
+        index = tensors.get("calibration/index")
+        self.calibration_ = pd.DataFrame(
+            {c: tensors[f"calibration/{c}"].numpy().copy() for c in columns},
+            index=None if index is None else pd.Index(index.numpy().copy(), name="image"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # given at fit already
+            self._set_thresholds()
+        self.offset_ = float(_persistence.decode(header.get("offset", 0.0), tensors))
+        self._offset_moved()
+        self._eval_mode()
+        return self
+
+    def _restore_classifier(self):
+        """``classifier_`` rebuilt from ``classifier`` and the fitted values, for load."""
+        module = copy.deepcopy(unwrap_classifier(self.classifier)).to(self.device_).eval()
+        probe = torch.zeros((1,) + tuple(self.image_shape_), device=self.device_)
+        _probe(module, probe.flatten(1) if self.flat_input_ else probe)  # sizes lazy layers
+        module.requires_grad_(False)
+        return self._wrap_classifier(module)
+
+    def _wrap_classifier(self, module):
+        """The hooked classifier the detector reads (one feature layer by default)."""
+        return HookedClassifier(module, self.feature_layer_, flat_input=self.flat_input_)
+
+    def _offset_moved(self):
+        """Called when ``offset_`` was set by :meth:`calibrate` or loading; nothing by default."""
+
+
+def load(path, classifier=None, *, device=None, strict=True):
+    """Load any detector saved by :meth:`BaseDetector.save`; nothing in the file is executed.
+
+    ``advdetect.load(path, classifier)`` is ``BaseDetector.load(path,
+    classifier)``: the file names its detector class. See
+    :meth:`BaseDetector.load` for the parameters, the errors and the checks
+    of ``classifier``.
+
+    Examples
+    --------
+    >>> import io
+    >>> import numpy as np
+    >>> import advdetect
+    >>> X = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    >>> det = advdetect.MagNetDetector(max_epochs=1, device="cpu", random_state=0).fit(X)
+    >>> buffer = io.BytesIO()
+    >>> det.save(buffer)
+    >>> _ = buffer.seek(0)
+    >>> again = advdetect.load(buffer)
+    >>> type(again).__name__, bool(np.array_equal(again.score_samples(X), det.score_samples(X)))
+    ('MagNetDetector', True)
+    """
+    return BaseDetector.load(path, classifier, device=device, strict=strict)

@@ -219,6 +219,7 @@ class BinaryClassifierDetector(BaseDetector):
                                  hidden=int(self.hidden))
 
     def _build(self):
+        self.classifier_ = getattr(self, "classifier_", None)  # None: on="input"
         self.detector_ = ActivationDetector(self.classifier_, self._build_head(),
                                             flatten=self._head_shape()[1]) \
             .to(self.device_).eval()

@@ -191,7 +191,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         plain classifier.
     classifier_digest_ : str
         SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
-        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        ``state_dict``, sorted by name); :func:`~advdetect.load`
         refuses a classifier with other weights.
     classifier_layout_ : tuple of str
         ``"name: ClassName"`` of every submodule of that classifier, checked
@@ -419,7 +419,9 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         return y
 
     # ------------------------------------------------------------------ fit
-    _networks = ("classifier_", "feedback_autoencoder_", "anomaly_detector_")
+    # The classifier copy is a part of the feedback autoencoder (its encoder E),
+    # saved with it: in joint mode its weights are trained too.
+    _networks = ("feedback_autoencoder_", "anomaly_detector_")
     _fitted_values = ("decoder_kind_",)
 
     def _fit_uses_class_labels(self):
@@ -711,10 +713,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         UserWarning
             When ``X`` holds fewer than ``ceil(1 / fpr)`` images.
         """
-        super().calibrate(X, fpr)
+        return super().calibrate(X, fpr)
+
+    def _offset_moved(self):
         if self.scores_with_tests_[0] == "off":
             self.threshold_ = -self.offset_
-        return self
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -357,6 +357,9 @@ class MahalanobisDetector(BaseDetector):
         fit_idx, cal_idx = super()._split(X[clean], None, rng)
         return clean[fit_idx], clean[cal_idx]
 
+    def _wrap_classifier(self, module):
+        return LayerFeatures(module, self.feature_layers_, flat_input=self.flat_input_)
+
     def _layer_dims(self):
         probe = torch.zeros((1,) + tuple(self.image_shape_), device=self.device_)
         with torch.no_grad():

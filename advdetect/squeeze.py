@@ -267,7 +267,7 @@ class FeatureSqueezingDetector(BaseDetector):
         What the classifier returns; probabilities are used as they are.
     classifier_digest_ : str
         SHA-256 of the weights of ``classifier`` as passed to ``fit`` (its
-        ``state_dict``, sorted by name); :func:`~advdetect.persistence.load`
+        ``state_dict``, sorted by name); :func:`~advdetect.load`
         refuses a classifier with other weights.
     classifier_layout_ : tuple of str
         ``"name: ClassName"`` of every submodule of that classifier, checked
