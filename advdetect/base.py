@@ -1121,7 +1121,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _scores_of(self, metrics):
         """``_score`` of numpy metrics, as a float64 ndarray."""
-        tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64))
+        # A copy: a DataFrame's column (calibration_) may be read-only.
+        tensors = {k: torch.from_numpy(np.array(v, dtype=np.float64))
                    for k, v in metrics.items()}
         return np.asarray(self._score(tensors).numpy(), dtype=np.float64)
 
