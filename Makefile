@@ -38,6 +38,7 @@ docs: $(STAMP)
 # The docs first: tests/test_docs.py checks the built site (TestBuiltSite), and
 # the doctests of advdetect/ run with the suite (setup.cfg: --doctest-modules).
 test: data docs
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 benchmark: $(STAMP)

@@ -15,7 +15,7 @@ from .magnet import MagNetDetector
 from .mahalanobis import MahalanobisDetector
 from .squeeze import FeatureSqueezingDetector
 
-__version__ = "0.1.0.dev0"
+from ._version import __version__
 
 __all__ = ["BinaryClassifierDetector", "CMAGDetector", "DAFARDetector", "DefenseGANDetector",
            "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector",

@@ -1559,7 +1559,8 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _get_state(self):
         """``(header, tensors)``: what :meth:`save` writes (see :mod:`advdetect._persistence`)."""
-        from . import __version__, _persistence
+        from . import _persistence
+        from ._version import __version__
 
         check_is_fitted(self)
         tensors = {}
