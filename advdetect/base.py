@@ -714,6 +714,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     everything ``_set_thresholds`` derives is rebuilt on load, not stored.
     """
 
+    #: The paper's settings that :meth:`paper` applies (empty: no recipe).
+    PAPER_PARAMS = {}
+
     # The fitted torch.nn.Module attributes that load() fills (after _build()).
     _networks = ()
     # Fitted plain values (numbers, strings, tuples, arrays) that load() restores.
@@ -874,8 +877,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return 1.0 if rng is None else rng[1] - rng[0]
 
     # ------------------------------------------------------------- classifier
-    def _prepare_classifier(self, X):
-        """Deep-copy, freeze and hook the protected classifier; check its output."""
+    def _prepare_classifier(self, X, layer=None):
+        """Deep-copy, freeze and hook the protected classifier; check its output.
+
+        ``layer``: the module whose output is read as the features; ``None``
+        is the ``feature_layer`` parameter, or the default the traced forward
+        pass chooses (``""`` is the whole module: its output alone).
+        """
         from ._fingerprint import classifier_digest, classifier_layout
 
         original = unwrap_classifier(self.classifier)
@@ -897,8 +905,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         vars(self).pop("_fit_input_shape", None)
         for p in module.parameters():
             p.requires_grad_(False)
-        layer = self.feature_layer if self.feature_layer is not None else \
-            default_feature_layer(module, probe.flatten(1) if self.flat_input_ else probe)
+        if layer is None:
+            layer = getattr(self, "feature_layer", None)
+        if layer is None:
+            layer = default_feature_layer(module, probe.flatten(1) if self.flat_input_ else probe)
         hooked = HookedClassifier(module, layer, flat_input=self.flat_input_)
         features, scores = _probe(hooked, probe)
         if not torch.is_tensor(scores) or scores.ndim != 2 or scores.shape[1] < 2:
@@ -991,6 +1001,34 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             finally:
                 vars(self).pop("_fit_input_shape", None)
         return self
+
+    @classmethod
+    def paper(cls, classifier=None, **params):
+        """A detector with its paper's recipe, ``PAPER_PARAMS``; ``params`` override it.
+
+        Each detector's own ``paper`` says what the recipe is and where it
+        departs from the paper.
+
+        Parameters
+        ----------
+        classifier : torch.nn.Module, fitted skorch net, FrozenEstimator or None
+        **params
+            Any other constructor parameter.
+
+        Returns
+        -------
+        detector
+            Unfitted.
+
+        Raises
+        ------
+        NotImplementedError
+            For a detector without a recipe (empty ``PAPER_PARAMS``).
+        """
+        if not cls.PAPER_PARAMS:
+            raise NotImplementedError(f"{cls.__name__} has no paper recipe: construct it "
+                                      "with its parameters.")
+        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
 
     # ------------------------------------------------------ the fit's hooks
     def _check_fit_labels(self, y, n):

@@ -327,7 +327,7 @@ class CMAGDetector(BaseDetector):
         >>> det.stage, det.criterion, det.threshold_quantile, det.max_epochs
         ('gr', 'both', 0.0, 5)
         """
-        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+        return super().paper(classifier, **params)
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):

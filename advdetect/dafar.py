@@ -361,7 +361,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         >>> det.validation_fraction, det.z, det.use_anomaly_detector
         (0.0, 2.0, True)
         """
-        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+        return super().paper(classifier, **params)
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):

@@ -296,7 +296,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         >>> det.n_restarts, det.n_steps, det.latent_dim, det.max_epochs
         (10, 200, 128, 5)
         """
-        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+        return super().paper(classifier, **params)
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):

@@ -249,7 +249,7 @@ class MahalanobisDetector(BaseDetector):
         >>> det.feature_layer, det.combine, det.noise_magnitude
         ('blocks', 'logistic', 0.001)
         """
-        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+        return super().paper(classifier, **params)
 
     # ------------------------------------------------------------ parameters
     def _layer_spec(self):
@@ -316,12 +316,7 @@ class MahalanobisDetector(BaseDetector):
             None if layers == "blocks" else layers
         # The base deep-copies, sizes lazy layers, freezes and checks the classifier
         # on one layer; the Mahalanobis detector then hooks all of its layers.
-        saved = self.feature_layer
-        vars(self)["feature_layer"] = first
-        try:
-            hooked = self._prepare_classifier(X)
-        finally:
-            vars(self)["feature_layer"] = saved
+        hooked = self._prepare_classifier(X, layer=first)
         probe = torch.as_tensor(X[: min(len(X), 8)], device=self.device_)
         if layers is None:
             names = [hooked.feature_layer]  # default_feature_layer's choice

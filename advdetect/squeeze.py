@@ -232,10 +232,6 @@ class FeatureSqueezingDetector(BaseDetector):
     ['l1_bit_depth_1', 'l1_median_2', 'l1_max']
     """
 
-    # Feature squeezing reads only the classifier's output: the hook goes on the
-    # whole module (get_submodule("") is the module itself). Not a parameter.
-    feature_layer = ""
-
     def __init__(self, classifier=None, *, squeezers=SQUEEZER_PRESETS["mnist"], fpr=0.05,
                  input_shape=None, input_range=(0.0, 1.0), batch_size=256, device="auto",
                  random_state=None, verbose=0):
@@ -282,7 +278,9 @@ class FeatureSqueezingDetector(BaseDetector):
     _fitted_values = ("squeeze_range_",)
 
     def _prepare(self, X, y):
-        super()._prepare(X, y)
+        # Feature squeezing reads only the classifier's output: the hook goes on the
+        # whole module (get_submodule("") is the module itself).
+        self.classifier_ = self._prepare_classifier(X, layer="")
         self._build()
         # The squeezers are defined on [0, 1] (bit depth rounds x (2^b - 1), non-local
         # means takes h / 255): they run on the inputs mapped from this range to
