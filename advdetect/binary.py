@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .base import BaseDetector, batched, train_module
+from .base import BaseDetector, batched, check_outlier_labels, train_module
 from .nn.binary import ActivationDetector, BinaryDecision, BinaryDetectorNet
 
 __all__ = ["BinaryClassifierDetector"]
@@ -168,28 +168,12 @@ class BinaryClassifierDetector(BaseDetector):
     def _fit_uses_class_labels(self):
         return True  # y's -1 rows are the adversarial training examples, not dropped
 
-    def _labels(self, y, n):
-        name = type(self).__name__
-        if y is None:
-            raise ValueError(f"{name} requires y to be passed, but the target y is None. "
-                             + _fix_message(name))
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1 or len(y) != n:
-            raise ValueError(f"y must have shape ({n},), one label per image; got {y.shape}.")
-        if y.dtype.kind not in "iuf" or not np.all(np.isin(y, (1, -1))) \
-                or not (np.any(y == 1) and np.any(y == -1)):
-            raise ValueError(f"y holds {np.unique(y)[:5].tolist()}; it must hold both +1 "
-                             "(clean) and -1 (adversarial) and nothing else. "
-                             + _fix_message(name))
-        return y.astype(np.int64)
-
     _networks = ("detector_",)
     _fitted_values = ("n_clean_", "n_adversarial_")
 
     def _check_fit_labels(self, y, n):
-        return self._labels(y, n)
+        name = type(self).__name__
+        return check_outlier_labels(y, n, _fix_message(name), name)
 
     def _prepare(self, X, y):
         self.classifier_ = self._prepare_classifier(X) if self.on == "features" else None

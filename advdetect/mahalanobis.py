@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-from .base import BaseDetector, batched
+from .base import BaseDetector, batched, check_outlier_labels
 from .nn.mahalanobis import (ClassConditionalGaussian, LayerFeatures, MahalanobisDecision,
                              mahalanobis_layer_scores, spatial_mean)
 
@@ -290,24 +290,13 @@ class MahalanobisDetector(BaseDetector):
         return self.combine == "logistic"
 
     def _check_fit_labels(self, y, n):
-        return self._outlier_labels(y, n) if self.combine == "logistic" else None
-
-    def _outlier_labels(self, y, n):
-        """+1/-1 labels of the logistic ensemble (both needed), or a clear error."""
-        fix = ("combine='logistic' fits the paper's logistic regression over layers, which "
-               "needs adversarial examples: call fit(X, y) with y = +1 for clean and -1 for "
-               "adversarial images (advdetect.model_selection.make_detection_dataset builds "
-               "them), or use combine='sum', which needs clean images only.")
-        if y is None:
-            raise ValueError(fix)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1 or len(y) != n:
-            raise ValueError(f"y must have shape ({n},); got {y.shape}.")
-        if not np.all(np.isin(y, (1, -1))) or not (np.any(y == 1) and np.any(y == -1)):
-            raise ValueError(fix + f" Got labels {np.unique(y)[:5].tolist()}.")
-        return y.astype(np.int64)
+        if self.combine != "logistic":
+            return None
+        return check_outlier_labels(
+            y, n, "combine='logistic' fits the paper's logistic regression over layers, which "
+            "needs adversarial examples: call fit(X, y) with y = +1 for clean and -1 for "
+            "adversarial images (advdetect.model_selection.make_detection_dataset builds "
+            "them), or use combine='sum', which needs clean images only.", type(self).__name__)
 
     def _prepare_features(self, X):
         """The hooked classifier copy and the feature dimension of each layer."""

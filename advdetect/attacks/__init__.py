@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..base import as_logits, infer_output_kind, layout_hint, seeded, unwrap_classifier
+from .._training import seeded, unwrap_classifier
+from .._validation import layout_hint
+from ..nn.hooks import as_logits, batched, infer_output_kind
 from . import _art
 from .adaptive import adaptive_carlini_wagner_l2, adaptive_pgd
 from .cw import _torch_cw, carlini_wagner_l2
@@ -446,12 +448,10 @@ def _probe_victim(module, X, y, batch_size, device):
 
 
 def _predict(module, X, batch_size, device):
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(X), batch_size):
-            xb = torch.as_tensor(X[start:start + batch_size], dtype=torch.float32, device=device)
-            out.append(module(xb).argmax(dim=1).cpu().numpy())
-    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+    """The classes ``module`` predicts for ``X`` (int64), by the detectors' batched pass."""
+    if len(X) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return batched(lambda xb: module(xb).argmax(dim=1), X, batch_size, device).astype(np.int64)
 
 
 def _validate(X, y, batch_size, verbose):

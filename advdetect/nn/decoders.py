@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from .hooks import as_logits
 from .reconstructors import ConvImageDecoder, OutputRange, VectorToImageDecoder
 
 __all__ = [
@@ -688,9 +689,7 @@ class FeedbackLoss(nn.Module):
         per_sample = sq if self.reconstruction == "squared" else torch.sqrt(sq + 1e-12)
         loss = per_sample.mean()
         if self.classification:
-            logits = scores if self.output_kind == "logits" else \
-                torch.log(scores.clamp_min(1e-12))
-            loss = loss + F.cross_entropy(logits, y.long())
+            loss = loss + F.cross_entropy(as_logits(scores, self.output_kind), y.long())
         return loss
 
 
