@@ -1,4 +1,4 @@
-"""Every Python snippet of the user guide and the README runs (issue 14, item 13).
+"""Every Python snippet of the user guide, the README and the contributors' page runs.
 
 The snippets are read from ``docs/user_guide/*.rst`` (``.. code-block:: python``)
 and ``README.md`` (fenced ``python`` blocks) and executed in order, page by page,
@@ -35,7 +35,7 @@ def snippets(path):
     return [textwrap.dedent(m["body"]) for m in _RST_BLOCK.finditer(text) if not m["skip"]]
 
 
-PAGES = sorted(GUIDE.glob("*.rst")) + [ROOT / "README.md"]
+PAGES = sorted(GUIDE.glob("*.rst")) + [ROOT / "README.md", ROOT / "docs" / "contributing.rst"]
 PAGES = [p for p in PAGES if snippets(p)]
 
 
