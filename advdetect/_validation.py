@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["layout_hint", "upper_quantile", "check_outlier_labels"]
+__all__ = ["layout_hint", "upper_quantile", "check_outlier_labels", "check_value_range"]
 
 
 # Values a hair outside [0, 1] (float rounding in a user's scaling) are accepted.
@@ -241,3 +241,38 @@ def check_outlier_labels(y, n, fix, name):
         raise ValueError(f"y holds {np.unique(y)[:5].tolist()}; it must hold both +1 "
                          "(clean) and -1 (adversarial) and nothing else. " + fix)
     return y.astype(np.int64)
+
+
+def check_value_range(images, value_range, advice):
+    """``images`` with values in ``value_range``, or a ValueError that says how to scale them.
+
+    The one range check of the detectors and the attacks. Values within
+    :data:`RANGE_TOLERANCE` outside the range (float rounding in a user's
+    scaling) are clipped, on a copy only then.
+
+    Parameters
+    ----------
+    images : ndarray, float
+    value_range : (float, float)
+        ``(low, high)``.
+    advice : str
+        What to do when the range is wrong (for ``[0, 1]``: divide 8-bit
+        images by 255), the end of the message.
+
+    Returns
+    -------
+    ndarray, the same dtype
+
+    Raises
+    ------
+    ValueError
+        When a value lies more than ``RANGE_TOLERANCE`` outside ``value_range``.
+    """
+    lo, hi = value_range
+    xmin, xmax = float(images.min()), float(images.max())
+    if xmin < lo - RANGE_TOLERANCE or xmax > hi + RANGE_TOLERANCE:
+        raise ValueError(f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: "
+                         + advice)
+    if xmin < lo or xmax > hi:  # within the tolerance: clip (a copy only then)
+        images = np.clip(images, lo, hi)
+    return images

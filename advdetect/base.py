@@ -25,7 +25,8 @@ from ._training import EpochProgressBar, seeded, train_module, unwrap_classifier
 from ._validation import (_EXPECTED_INPUT, MIN_EXTREME_SAMPLES,  # noqa: F401
                           MIN_THRESHOLD_SAMPLES, RANGE_TOLERANCE, _as_numeric_array,
                           _caller_stacklevel, _check_enough_images, _clean_rows,
-                          check_outlier_labels, layout_hint, upper_quantile)
+                          check_outlier_labels, check_value_range, layout_hint,
+                          upper_quantile)
 from .nn.hooks import (HookedClassifier, _probe, as_logits, batched,  # noqa: F401
                        default_feature_layer, eval_mode, infer_output_kind, logit_margin,
                        resolve_device, writable)
@@ -204,17 +205,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                              "dimension (C, H, W) must be at least 1.")
         if self._value_range is not None:
             lo, hi = self._value_range
-            xmin, xmax = float(images.min()), float(images.max())
-            if xmin < lo - RANGE_TOLERANCE or xmax > hi + RANGE_TOLERANCE:
-                raise ValueError(
-                    f"X has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]: "
-                    + ("pixel intensities must be scaled to [0, 1] (divide 8-bit images by "
-                       "255), " if (lo, hi) == (0.0, 1.0) else
-                       f"values must lie in input_range=({lo:g}, {hi:g}) as declared; set "
-                       "input_range to the range of your data, ")
-                    + "or set input_range=None for unbounded inputs.")
-            if xmin < lo or xmax > hi:  # within the tolerance: clip (a copy only then)
-                images = np.clip(images, lo, hi)
+            images = check_value_range(
+                images, (lo, hi),
+                ("pixel intensities must be scaled to [0, 1] (divide 8-bit images by 255), "
+                 if (lo, hi) == (0.0, 1.0) else
+                 f"values must lie in input_range=({lo:g}, {hi:g}) as declared; set "
+                 "input_range to the range of your data, ")
+                + "or set input_range=None for unbounded inputs.")
         if reset:
             self.image_shape_ = tuple(int(s) for s in images.shape[1:])
             self.flat_input_ = ndim == 2 and input_shape == "flat"

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .._training import seeded, unwrap_classifier
-from .._validation import layout_hint
+from .._validation import RANGE_TOLERANCE, check_value_range, layout_hint
 from ..nn.hooks import as_logits, batched, infer_output_kind
 from . import _art
 from .adaptive import adaptive_carlini_wagner_l2, adaptive_pgd
@@ -74,7 +74,6 @@ CW_BACKENDS = ("torch", "art")
 # Tolerances of :func:`check_adversarial`: a budget may be exceeded by float
 # rounding only, and a pixel may lie a rounding error outside [0, 1].
 BUDGET_TOLERANCE = 1e-4
-RANGE_TOLERANCE = 1e-5
 # An image whose pixel range is below this is constant (a blank image).
 CONSTANT_TOLERANCE = 1e-6
 
@@ -467,12 +466,9 @@ def _validate(X, y, batch_size, verbose):
         raise ValueError("X has no samples.")
     if not np.isfinite(X).all():
         raise ValueError("X has NaN or infinite values.")
-    lo, hi = float(X.min()), float(X.max())
-    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise ValueError(
-            f"X must be scaled to [0, 1]; its values span [{lo:g}, {hi:g}] "
-            "(divide 8-bit images by 255).")
-    X = np.clip(X, 0, 1)
+    # A copy, as the attacks' own array (the caller's is never written to).
+    X = np.array(check_value_range(X, (0.0, 1.0), "attacks need images scaled to [0, 1] "
+                                   "(divide 8-bit images by 255)."), copy=True)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(X):
         raise ValueError(f"y must be a 1-d array of {len(X)} labels, one per image; "
