@@ -12,9 +12,11 @@ from .defence import DetectAndPurify
 from .defensegan import DefenseGANDetector
 from .magnet import MagNetDetector
 from .mahalanobis import MahalanobisDetector
+from .max_softmax import MaxSoftmaxDetector
 from .squeeze import FeatureSqueezingDetector
 
 __version__ = "0.1.0.dev0"
 
 __all__ = ["BinaryClassifierDetector", "CMAGDetector", "DAFARDetector", "DefenseGANDetector",
-           "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector"]
+           "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector",
+           "MaxSoftmaxDetector"]

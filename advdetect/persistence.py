@@ -96,7 +96,7 @@ FORMAT_VERSION = 1
 #: The only classes :func:`load` builds.
 DETECTOR_CLASSES = ("CMAGDetector", "DAFARDetector", "FeatureSqueezingDetector",
                     "MagNetDetector", "MahalanobisDetector", "BinaryClassifierDetector",
-                    "DefenseGANDetector")
+                    "DefenseGANDetector", "MaxSoftmaxDetector")
 
 _METADATA_KEY = "advdetect"
 # Images run through ``_fit`` (untrained) to build the networks on load.
@@ -113,8 +113,10 @@ def _detector_classes():
     classes = (CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MagNetDetector)
     from .binary import BinaryClassifierDetector
     from .mahalanobis import MahalanobisDetector
+    from .max_softmax import MaxSoftmaxDetector
 
-    classes += (MahalanobisDetector, BinaryClassifierDetector, DefenseGANDetector)
+    classes += (MahalanobisDetector, BinaryClassifierDetector, DefenseGANDetector,
+                MaxSoftmaxDetector)
     return {c.__name__: c for c in classes}
 
 
