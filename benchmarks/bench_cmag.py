@@ -19,7 +19,7 @@ import time
 import pandas as pd
 from _common import parser, resolve, settings_block, write
 
-from advdetect.benchmark import PUBLISHED_FIGURES, run_benchmark, to_markdown
+from advdetect.benchmark import PUBLISHED_FIGURES, QUICK, run_benchmark, to_markdown
 
 ATTACKS = ["fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "cw:9", "cw:19", "cw:29"]
 
@@ -49,7 +49,8 @@ def main():
                            seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                            n_attack=args.n_attack, victim_epochs=args.victim_epochs,
                            victim_n_train=args.victim_n_train,
-                           detector_epochs=2 if args.quick else args.detector_epochs,
+                           detector_epochs=QUICK["detector_epochs"] if args.quick
+                           else args.detector_epochs,
                            plots=False, cache_dir=args.cache_dir or None, verbose=0)
     res = tables["results"]
     res = res[res["detector"].str.startswith("CMAG")]

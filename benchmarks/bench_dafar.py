@@ -38,7 +38,8 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DetectAndPurify
 from advdetect.base import batched
-from advdetect.benchmark import PUBLISHED_FIGURES, _throughputs, prepare_benchmark, to_markdown
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+                                 to_markdown)
 from advdetect.metrics import detection_report
 
 DETECTION = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0"]
@@ -110,9 +111,8 @@ def main():
                              cache_dir=args.cache_dir or None)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]
-    epochs = {} if args.detector_epochs is None and not args.quick else dict(
-        max_epochs=2 if args.quick else args.detector_epochs,
-        anomaly_max_epochs=2 if args.quick else args.detector_epochs)
+    n_epochs = QUICK["detector_epochs"] if args.quick else args.detector_epochs
+    epochs = {} if n_epochs is None else dict(max_epochs=n_epochs, anomaly_max_epochs=n_epochs)
 
     def make(factory):
         return factory(FrozenEstimator(victim), random_state=args.seed, **epochs)

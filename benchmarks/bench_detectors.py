@@ -17,7 +17,7 @@ import time
 
 from _common import parser, resolve, write
 
-from advdetect.benchmark import (DETECTORS, FULL_ATTACKS, PUBLISHED_FIGURES, format_report,
+from advdetect.benchmark import (DETECTORS, FULL_ATTACKS, PUBLISHED_FIGURES, QUICK, format_report,
                                  run_benchmark)
 
 
@@ -75,7 +75,7 @@ def main():
                   seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                   n_attack=args.n_attack, victim_epochs=args.victim_epochs,
                   victim_n_train=args.victim_n_train,
-                  detector_epochs=2 if args.quick else args.detector_epochs,
+                  detector_epochs=QUICK["detector_epochs"] if args.quick else args.detector_epochs,
                   output=args.output, plots=not args.no_plots,
                   cache_dir=args.cache_dir or None, verbose=0)
     tables = run_benchmark(**kwargs)

@@ -32,7 +32,8 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DefenseGANDetector, MagNetDetector
 from advdetect.base import batched
-from advdetect.benchmark import PUBLISHED_FIGURES, _throughputs, prepare_benchmark, to_markdown
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+                                 to_markdown)
 from advdetect.metrics import detection_report
 from advdetect.squeeze import bit_depth
 
@@ -71,14 +72,15 @@ def main():
     prep = prepare_benchmark(args.dataset, args.attacks, n_attack=args.n_attack, **common)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]
-    quick = dict(max_epochs=2) if args.quick else {}
+    quick = dict(max_epochs=QUICK["detector_epochs"]) if args.quick else {}
     dgan = dict(quick)
     if args.defensegan_epochs:
         dgan["max_epochs"] = args.defensegan_epochs
     seed = dict(random_state=args.seed)
     detectors = {
         "DAFAR": DAFARDetector(FrozenEstimator(victim), **seed,
-                               **dict(quick, anomaly_max_epochs=2) if quick else {}),
+                               **dict(quick, anomaly_max_epochs=quick["max_epochs"])
+                               if quick else {}),
         "MagNet": MagNetDetector(**seed, **quick),
         "Defense-GAN": DefenseGANDetector(**seed, **dgan),
     }
