@@ -13,10 +13,11 @@ from .defence import DetectAndPurify
 from .defensegan import DefenseGANDetector
 from .magnet import MagNetDetector
 from .mahalanobis import MahalanobisDetector
+from .max_softmax import MaxSoftmaxDetector
 from .squeeze import FeatureSqueezingDetector
 
 from ._version import __version__
 
 __all__ = ["BinaryClassifierDetector", "CMAGDetector", "DAFARDetector", "DefenseGANDetector",
            "DetectAndPurify", "FeatureSqueezingDetector", "MagNetDetector", "MahalanobisDetector",
-           "load"]
+           "MaxSoftmaxDetector", "load"]

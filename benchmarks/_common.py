@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from advdetect.benchmark import QUICK
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CACHE = os.path.join(HERE, ".cache")
 
@@ -37,7 +39,8 @@ def parser(description, attacks):
     p.add_argument("--cache-dir", default=DEFAULT_CACHE,
                    help="victim weights and adversarial examples reused across runs "
                         "('' to disable)")
-    p.add_argument("--quick", action="store_true", help="a small smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="a small smoke run at the sizes of advdetect.benchmark.QUICK")
     return p
 
 
@@ -54,7 +57,8 @@ def resolve(args):
 
         vars(args).update(victim_settings(args.dataset, args.victim))
     if args.quick:
-        args.n_train, args.n_test, args.n_attack, args.victim_epochs = 600, 200, 60, 3
+        args.n_train, args.n_test, args.n_attack, args.victim_epochs = (
+            QUICK[k] for k in ("n_train", "n_test", "n_attack", "victim_epochs"))
     settings = dict(vars(args), torch=torch.__version__, threads=torch.get_num_threads(),
                     device="cuda" if torch.cuda.is_available() else "cpu",
                     python=platform.python_version(), load_average=os.getloadavg()[0],

@@ -38,12 +38,25 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DetectAndPurify
 from advdetect.base import batched
-from advdetect.benchmark import _throughputs, prepare_benchmark, to_markdown
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+                                 to_markdown)
 from advdetect.metrics import detection_report
 
 DETECTION = ["fgsm:0.05", "fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "pgd:0.3", "cw:0"]
 SWEEP_EPS = [0.05, 0.1, 0.2, 0.3]
-PAPER = dict(fpr=0.0016, detection=1.00, shift="36.13 / 102.64 / 96.44", threshold=23.333)
+
+
+def _paper(table, attack):
+    return PUBLISHED_FIGURES[("DAFAR", table, "mnist", "DAFAR", attack)]
+
+
+# DAFAR Section 5.3.1 (detection, one value at every FGSM eps; clean FPR), Table 4 (shift of
+# E(x) under Gaussian noise 0.3, FGSM 0.3, PGD 0.3), Table 5 (alpha).
+(_DETECTION,) = {_paper("Section 5.3.1", f"fgsm:{e}")["detection_rate"] for e in SWEEP_EPS}
+PAPER = dict(fpr=_paper("Section 5.3.1", None)["clean_fpr"], detection=_DETECTION,
+             shift=" / ".join(f"{_paper('Table 4', a)['feature_l2_shift']:g}"
+                              for a in ("gaussian:0.3", "fgsm:0.3", "pgd:0.3")),
+             threshold=_paper("Table 5", None)["threshold"])
 TARGETS = dict(clean_fpr=0.005, detection=0.99, hybrid=0.95, cost_vs_classifier=2.5)
 
 
@@ -98,9 +111,8 @@ def main():
                              cache_dir=args.cache_dir or None)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]
-    epochs = {} if args.detector_epochs is None and not args.quick else dict(
-        max_epochs=2 if args.quick else args.detector_epochs,
-        anomaly_max_epochs=2 if args.quick else args.detector_epochs)
+    n_epochs = QUICK["detector_epochs"] if args.quick else args.detector_epochs
+    epochs = {} if n_epochs is None else dict(max_epochs=n_epochs, anomaly_max_epochs=n_epochs)
 
     def make(factory):
         return factory(FrozenEstimator(victim), random_state=args.seed, **epochs)
@@ -128,8 +140,8 @@ def main():
         pivot = pivot.reindex(index=list(dict.fromkeys(res["detector"])),
                               columns=args.attacks).reset_index()
         if metric == "detection_rate":
-            pivot["clean FPR (target <= 0.005; paper 0.0016)"] = pivot["detector"].map(
-                res.groupby("detector")["clean_fpr"].first())
+            column = f"clean FPR (target <= 0.005; paper {PAPER['fpr']:g})"
+            pivot[column] = pivot["detector"].map(res.groupby("detector")["clean_fpr"].first())
         parts += [f"## {title}", "", to_markdown(pivot), ""]
 
     # Table 4: shift of E(x) under noise and attacks (same source images).

@@ -32,7 +32,8 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DefenseGANDetector, MagNetDetector
 from advdetect.base import batched
-from advdetect.benchmark import _throughputs, prepare_benchmark, to_markdown
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+                                 to_markdown)
 from advdetect.metrics import detection_report
 from advdetect.squeeze import bit_depth
 
@@ -41,13 +42,14 @@ SWEEP = [f"{a}:{e}" for a in ("fgsm", "pgd") for e in SWEEP_EPS]
 DETECTION = ["fgsm:0.1", "fgsm:0.2", "fgsm:0.3", "cw:9", "cw:19", "cw:29"]
 # CMAG Table 3 (MNIST) and Table 4 (Fashion-MNIST): detection accuracy.
 PAPER_DETECTION = {
-    "subset": {"MagNet": [1.00, 1.00, 1.00, 1.00, 1.00, 0.21],
-               "Defense-GAN": [1.00, 1.00, 1.00, 0.00, 0.02, 0.05]},
-    "fashion": {"MagNet": [1.00, 1.00, 1.00, 0.00, 0.00, 0.23],
-                "Defense-GAN": [1.00, 1.00, 1.00, 0.00, 0.00, 0.00]},
+    ours: {name: [PUBLISHED_FIGURES[("CMAG", table, dataset, name, a)]["detection_rate"]
+                  for a in DETECTION] for name in ("MagNet", "Defense-GAN")}
+    for ours, table, dataset in [("subset", "Table 3", "mnist"), ("fashion", "Table 4", "fashion")]
 }
-PAPER_FIG9 = """DAFAR's Fig. 9 is a plot; its text gives two numbers only: on clean MNIST
-test images the victim is 99.14 % accurate, and 99.04 % after DAFAR's
+_FIG9 = PUBLISHED_FIGURES[("DAFAR", "Fig. 9", "mnist", "DAFAR", None)]
+PAPER_FIG9 = f"""DAFAR's Fig. 9 is a plot; its text gives two numbers only: on clean MNIST
+test images the victim is {100 * _FIG9["victim_accuracy"]:.2f} % accurate, and \
+{100 * _FIG9["purified_accuracy"]:.2f} % after DAFAR's
 purification. Of the curves it says that DAFAR's purification is "close to that
 of the denoising autoencoder on the FGSM adversarial examples", and effective
 on PGD "when the attack intensity is low" (the binary filter is the third
@@ -70,14 +72,15 @@ def main():
     prep = prepare_benchmark(args.dataset, args.attacks, n_attack=args.n_attack, **common)
     X_tr, X_te, y_te, victim = prep["X_train"], prep["X_test"], prep["y_test"], prep["victim"]
     src, results = prep["sources"], prep["results"]
-    quick = dict(max_epochs=2) if args.quick else {}
+    quick = dict(max_epochs=QUICK["detector_epochs"]) if args.quick else {}
     dgan = dict(quick)
     if args.defensegan_epochs:
         dgan["max_epochs"] = args.defensegan_epochs
     seed = dict(random_state=args.seed)
     detectors = {
         "DAFAR": DAFARDetector(FrozenEstimator(victim), **seed,
-                               **dict(quick, anomaly_max_epochs=2) if quick else {}),
+                               **dict(quick, anomaly_max_epochs=quick["max_epochs"])
+                               if quick else {}),
         "MagNet": MagNetDetector(**seed, **quick),
         "Defense-GAN": DefenseGANDetector(**seed, **dgan),
     }

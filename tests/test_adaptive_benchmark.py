@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from advdetect import benchmark, cli
+from advdetect import MaxSoftmaxDetector, benchmark, cli
 
 
 def test_cli_adaptive_dispatches(monkeypatch, capsys, tmp_path):
@@ -29,7 +29,8 @@ def test_cli_adaptive_dispatches(monkeypatch, capsys, tmp_path):
 
 def test_floor_and_no_detector_are_differentiable(digits_small, small_victim):
     X, _ = digits_small
-    floor = benchmark._MaxSoftmax(small_victim, X[:200]).calibrate(X[200:], fpr=0.05)
+    floor = MaxSoftmaxDetector(small_victim, device="cpu").fit(X[:200])
+    floor.calibrate(X[200:], fpr=0.05)
     assert np.mean(floor.predict(X[200:]) == -1) <= 0.05
     x = torch.from_numpy(X[:10].copy()).requires_grad_(True)
     out = floor.to_torch()(x)

@@ -16,7 +16,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector, DefenseGANDetector,
-                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector)
+                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector,
+                       MaxSoftmaxDetector)
 
 
 def _rebuild_any_width_mlp(n_classes, state, requires_grad, training):
@@ -64,7 +65,8 @@ def _tabular(det_cls, **params):
     torch.manual_seed(0)
     base = dict(input_shape="flat", input_range=None, batch_size=32, device="cpu",
                 random_state=0)
-    if det_cls not in (FeatureSqueezingDetector, MahalanobisDetector):  # nothing to train
+    if det_cls not in (FeatureSqueezingDetector, MahalanobisDetector,
+                       MaxSoftmaxDetector):  # nothing to train
         base["max_epochs"] = 2
     base.update(params)
     return det_cls(AnyWidthMLP(), **base)
@@ -85,6 +87,7 @@ DETECTORS = [
     _tabular(BinaryClassifierDetector),
     # fpr=0.05: as for DAFAR, some of the 300 training points must be flagged.
     _tabular(DefenseGANDetector, width=4, latent_dim=4, n_restarts=2, n_steps=5, fpr=0.05),
+    _tabular(MaxSoftmaxDetector),
 ]
 
 # Every check passes; a check that must be declared failing goes here with a
