@@ -999,9 +999,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                                 for k, v in module.state_dict().items()})
         cal = self.calibration_
         for column in cal.columns:
+            # np.array copies: pandas 3's columns are read-only, which torch warns about.
             tensors[f"calibration/{column}"] = torch.from_numpy(
-                np.ascontiguousarray(cal[column].to_numpy(dtype=np.float64)))
-        tensors["calibration/index"] = torch.from_numpy(np.asarray(cal.index, dtype=np.int64))
+                np.array(cal[column], dtype=np.float64))
+        tensors["calibration/index"] = torch.from_numpy(np.array(cal.index, dtype=np.int64))
         header = {"advdetect_version": __version__, "torch_version": torch.__version__,
                   "class": type(self).__name__, "params": params, "values": values,
                   "networks": networks, "calibration": [str(c) for c in cal.columns],
@@ -1040,8 +1041,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                                 "(its saved weights are loaded into the detector's copy).")
             check_classifier(unwrap_classifier(classifier), self.classifier_digest_,
                              self.classifier_layout_, strict)
-            self.classifier_ = self._restore_classifier()
-        self._build()
+        # Building draws initial weights (overwritten below) from torch's generator:
+        # seeded() restores the caller's random streams afterwards.
+        with seeded(0):
+            if "classifier_digest_" in values:
+                self.classifier_ = self._restore_classifier()
+            self._build()
         for name in self._networks:
             if networks.get(name) is None:
                 setattr(self, name, None)
