@@ -55,6 +55,9 @@ def _holds_cuda(state):
         t.is_cuda for t in list(module.parameters()) + list(module.buffers()))
 
 
+# _prepare_classifier's default: the feature_layer parameter (None would be the default
+# layer; Mahalanobis's feature_layer="blocks" hooks the default layer and then its own).
+_FEATURE_LAYER_PARAMETER = object()
 # Set from X by fit; restored when fit's X turns out to be invalid.
 _INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_", "image_shape_", "flat_input_")
 # Set by _prepare_classifier: what the saved state records of the classifier.
@@ -252,12 +255,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         return 1.0 if rng is None else rng[1] - rng[0]
 
     # ------------------------------------------------------------- classifier
-    def _prepare_classifier(self, X, layer=None):
+    def _prepare_classifier(self, X, layer=_FEATURE_LAYER_PARAMETER):
         """Deep-copy, freeze and hook the protected classifier; check its output.
 
-        ``layer``: the module whose output is read as the features; ``None``
-        is the ``feature_layer`` parameter, or the default the traced forward
-        pass chooses (``""`` is the whole module: its output alone).
+        ``layer``: the module whose output is read as the features; by default
+        the ``feature_layer`` parameter; ``None`` is the default the traced
+        forward pass chooses (``""`` is the whole module: its output alone).
         """
         from ._fingerprint import classifier_digest, classifier_layout
 
@@ -280,7 +283,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         vars(self).pop("_fit_input_shape", None)
         for p in module.parameters():
             p.requires_grad_(False)
-        if layer is None:
+        if layer is _FEATURE_LAYER_PARAMETER:
             layer = getattr(self, "feature_layer", None)
         if layer is None:
             layer = default_feature_layer(module, probe.flatten(1) if self.flat_input_ else probe)
