@@ -87,6 +87,16 @@ THRESHOLD_PARAM = {
 # --------------------------------------------------------------------------- #
 # Data, victims and fitted detectors
 # --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: 8 x 8 images gain nothing from two, and on a busy machine two
+    threads spin-wait (this file took minutes instead of seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(digits_small, small_victim):
     """Images to fit (60 clean, their FGSM versions) and to score (8 clean, 8 FGSM)."""
