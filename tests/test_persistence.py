@@ -27,7 +27,8 @@ from sklearn.frozen import FrozenEstimator
 import advdetect
 import advdetect._persistence as persistence
 from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector, DefenseGANDetector,
-                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector, load)
+                       FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector,
+                       MaxSoftmaxDetector, load)
 from advdetect._fingerprint import classifier_digest
 from advdetect._persistence import FORMAT_NAME, FORMAT_VERSION
 from advdetect.base import BaseDetector
@@ -62,13 +63,14 @@ CONFIGS = {
         noise_magnitude=0.01, **FAST), "outlier"),
     "defensegan": (lambda v: DefenseGANDetector(v, n_restarts=2, n_steps=3, width=4,
                                                 latent_dim=4, **TRAINED), None),
+    "max_softmax": (lambda v: MaxSoftmaxDetector(v, **FAST), None),
     "binary": (lambda v: BinaryClassifierDetector(v, **TRAINED), "outlier"),
     "binary_features": (lambda v: BinaryClassifierDetector(v, on="features", fpr=0.1,
                                                            **TRAINED), "outlier"),
 }
 # One configuration per class, for the tests that do not depend on the configuration.
 ONE_PER_CLASS = ["binary_features", "cmag", "dafar", "defensegan", "magnet", "mahalanobis",
-                 "squeeze"]
+                 "max_softmax", "squeeze"]
 # Detectors that read no classifier: loaded without one.
 AGNOSTIC = ("magnet", "defensegan", "binary")
 # A threshold parameter per configuration for set_params + recalibrate (None: none to move).
@@ -78,7 +80,7 @@ THRESHOLD_PARAM = {
     "dafar_no_c": dict(z=0.5), "dafar_conv": dict(z=0.5), "magnet": dict(drop_rate=0.2),
     "squeeze": dict(fpr=0.3), "squeeze_unbounded": dict(fpr=0.3),
     "mahalanobis": dict(fpr=0.3), "mahalanobis_logistic": dict(fpr=0.3),
-    "defensegan": dict(fpr=0.3),
+    "defensegan": dict(fpr=0.3), "max_softmax": dict(fpr=0.3),
     "binary": None,  # fpr=None: no clean images held out, offset_ is 0
     "binary_features": dict(fpr=0.3),
 }
@@ -899,7 +901,8 @@ def test_detector_fitted_on_cuda_loads_onto_the_cpu(data, tmp_path):
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("cls", [CMAGDetector, DAFARDetector, MagNetDetector,
                                  FeatureSqueezingDetector, MahalanobisDetector,
-                                 DefenseGANDetector, BinaryClassifierDetector])
+                                 DefenseGANDetector, BinaryClassifierDetector,
+                                 MaxSoftmaxDetector])
 def test_unfitted_detector_cannot_be_saved(cls, tmp_path):
     with pytest.raises(NotFittedError):
         cls(SmallCNN()).save(tmp_path / "unfitted.safetensors")
