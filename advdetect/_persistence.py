@@ -133,7 +133,8 @@ def decode(spec, tensors):
             return np.asarray(body, dtype=object)
         if tag == "$optimizer" and isinstance(body, str):
             cls = getattr(torch.optim, body, None)
-            if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+            if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) \
+                    and cls is not torch.optim.Optimizer:
                 return cls
             raise ValueError(f"torch.optim has no optimizer {body!r}")
     raise ValueError(f"malformed advdetect header: cannot read the value {spec!r}")

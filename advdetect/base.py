@@ -967,7 +967,16 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
+            _REGISTRY[cls._registered_name()] = cls
+
+    @classmethod
+    def _registered_name(cls):
+        """The name a saved file gives the class: advdetect's own by their public name,
+        any other by module and qualified name (so that a user's class of the same
+        name never stands in for one of ours)."""
+        if cls.__module__.split(".")[0] == "advdetect":
+            return cls.__name__
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     def _values(self):
         """The names of the fitted plain values the state holds."""
@@ -1007,7 +1016,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 np.array(cal[column], dtype=np.float64))
         tensors["calibration/index"] = torch.from_numpy(np.array(cal.index, dtype=np.int64))
         header = {"advdetect_version": __version__, "torch_version": torch.__version__,
-                  "class": type(self).__name__, "params": params, "values": values,
+                  "class": type(self)._registered_name(), "params": params, "values": values,
                   "networks": networks, "calibration": [str(c) for c in cal.columns],
                   "offset": encode("fitted value", "offset_", float(self.offset_))}
         return header, tensors
@@ -1046,16 +1055,24 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                              self.classifier_layout_, strict)
         # Building draws initial weights (overwritten below) from torch's generator:
         # seeded() restores the caller's random streams afterwards.
-        with seeded(0):
-            if "classifier_digest_" in values:
-                self.classifier_ = self._restore_classifier()
-            self._build()
+        try:
+            with seeded(0):
+                if "classifier_digest_" in values:
+                    self.classifier_ = self._restore_classifier()
+                self._build()
+        except AttributeError as exc:  # a value the networks are built from is missing
+            raise ValueError(f"malformed advdetect header: {cls.__name__} cannot build its "
+                             f"networks from it ({exc}).") from None
         for name in self._networks:
             if networks.get(name) is None:
                 setattr(self, name, None)
                 continue
             prefix = f"network/{name}/"
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not isinstance(getattr(self, name, None), torch.nn.Module):
+                raise ValueError(f"malformed advdetect header: {cls.__name__} cannot build its "
+                                 f"network {name} from it (a value it is built from is "
+                                 "missing).")
             try:
                 getattr(self, name).load_state_dict(state, strict=True)
             except RuntimeError as exc:

@@ -667,6 +667,28 @@ def test_a_subclass_is_saved_and_loaded_as_itself(data, tmp_path):
         PersistenceTestMagNet.load(path)
 
 
+def test_a_users_class_of_the_same_name_never_stands_in_for_ours(data, tmp_path):
+    """Ours are registered by their public name, any other class by module and name."""
+    theirs = type("MagNetDetector", (MagNetDetector,), {"__module__": "someones_package"})
+    path = tmp_path / "magnet.safetensors"
+    MagNetDetector(**TRAINED).fit(data["X"]).save(path)
+    assert type(advdetect.load(path)) is MagNetDetector
+    path = tmp_path / "theirs.safetensors"
+    theirs(**TRAINED).fit(data["X"]).save(path)
+    assert type(advdetect.load(path)) is theirs
+
+
+def test_a_file_without_what_the_networks_are_built_from_is_refused(cmag_file, small_victim,
+                                                                     tmp_path):
+    def drop(h):
+        for k in ("classifier_digest_", "classifier_layout_"):
+            h["values"].pop(k)
+
+    path = _rewrite(cmag_file, tmp_path / "nodigest.safetensors", drop)
+    with pytest.raises(ValueError, match="malformed advdetect header: CMAGDetector cannot build"):
+        load(path, classifier=_same_victim(small_victim))
+
+
 def test_unknown_parameters_and_values_are_refused(cmag_file, small_victim, tmp_path):
     path = _rewrite(cmag_file, tmp_path / "param.safetensors",
                     lambda h: h["params"].update(bogus=1))
@@ -693,7 +715,8 @@ def test_malformed_values_are_refused(spec, cmag_file, small_victim, tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["os.system", "torch.optim.Adam", "lr_scheduler",
-                                       "Optimizer.__init__", "Linear", "__builtins__"])
+                                       "Optimizer.__init__", "Linear", "__builtins__",
+                                       "Optimizer"])
 def test_optimizer_is_resolved_only_from_torch_optim(optimizer, cmag_file, small_victim,
                                                      tmp_path):
     """Nothing executed on load: an optimizer is a name looked up in torch.optim only."""
