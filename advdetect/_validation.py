@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn.base import _fit_context
 
 __all__ = ["layout_hint", "upper_quantile", "check_outlier_labels", "check_value_range"]
 
@@ -181,11 +182,22 @@ def _clean_rows(y, n_samples):
     return keep
 
 
+# The code of scikit-learn's _fit_context wrapper, a frame between a detector's fit
+# and its caller: a warning's stacklevel skips it as it skips advdetect's frames.
+_FIT_CONTEXT_CODE = _fit_context(prefer_skip_nested_validation=True)(lambda self: None).__code__
+
+
 def _caller_stacklevel():
-    """``stacklevel`` for a warning raised here that points at the first frame outside advdetect."""
+    """``stacklevel`` for a warning raised here that points at the first frame outside advdetect.
+
+    The frames of advdetect and of scikit-learn's ``_fit_context`` wrapper
+    around ``fit`` are skipped.
+    """
     package = os.path.dirname(os.path.abspath(__file__))
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    while frame is not None and (
+            frame.f_code is _FIT_CONTEXT_CODE
+            or os.path.abspath(frame.f_code.co_filename).startswith(package)):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _streaming
@@ -70,6 +71,19 @@ _REGISTRY = {}
 # --------------------------------------------------------------------------- #
 # The estimator base
 # --------------------------------------------------------------------------- #
+def invalid_parameter(estimator, name, requirement):
+    """scikit-learn's ``InvalidParameterError``, in its wording, for a check written as code.
+
+    For the conditions a declared constraint cannot express (the contents of a
+    sequence, for instance): the message names the parameter, what it must be
+    and its value, as the declared constraints' messages do. Returned, not
+    raised: ``raise invalid_parameter(self, "squeezers", "...")``.
+    """
+    return InvalidParameterError(
+        f"The {name!r} parameter of {type(estimator).__name__} must be {requirement}. "
+        f"Got {getattr(estimator, name)!r} instead.")
+
+
 class BaseDetector(OutlierMixin, BaseEstimator):
     """Base class of advdetect's detectors (scikit-learn outlier conventions), a template.
 
@@ -94,10 +108,50 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     declare their networks (``_networks``) and the plain fitted values that
     are neither networks nor derived from the calibration (``_fitted_values``);
     everything ``_set_thresholds`` derives is rebuilt on load, not stored.
+
+    Parameters are declared as scikit-learn declares them
+    (``_parameter_constraints``), checked by ``fit`` (through ``_fit_context``)
+    and :meth:`recalibrate`. The entries below are the parameters most
+    detectors share; a detector takes those it has by name
+    (``_shared_constraints``) and adds its own. Only what no constraint can
+    express stays as code, in ``_check_params``.
     """
 
     #: The paper's settings that :meth:`paper` applies (empty: no recipe).
     PAPER_PARAMS = {}
+
+    _parameter_constraints = {
+        # A torch.nn.Module, a fitted skorch net, or either in a FrozenEstimator
+        # (None where the detector ignores it): no constraint expresses that;
+        # unwrap_classifier checks it, with its own message, when fit reads it.
+        "classifier": "no_validation",
+        "feature_layer": [str, None],
+        # A sequence of 1 to 3 sizes whose product is X's width: checked when fit
+        # reshapes X (_parse_input_shape), as it depends on X.
+        "input_shape": [StrOptions({"flat"}), Interval(numbers.Integral, 1, None, closed="left"),
+                        "array-like", None],
+        # Its contents, two finite numbers low < high: _check_params.
+        "input_range": ["array-like", None],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        # (0, inf]: any positive number, as before the constraints.
+        "lr": [Interval(numbers.Real, 0, None, closed="right")],
+        "optimizer": [callable],
+        "device": [str, torch.device],
+        "random_state": ["random_state", np.random.Generator],
+        "verbose": ["verbose"],
+    }
+
+    @staticmethod
+    def _shared_constraints(*names):
+        """The base's constraints of the shared parameters ``names``, for a detector's own.
+
+        ``_parameter_constraints = {**BaseDetector._shared_constraints("classifier",
+        "batch_size"), "fpr": [...]}``: the shared ones are written once, here. A
+        name the base does not declare is a ``KeyError``.
+        """
+        return {name: BaseDetector._parameter_constraints[name] for name in names}
 
     # The fitted torch.nn.Module attributes that load() fills (after _build()).
     _networks = ()
@@ -157,7 +211,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
     def _check_images(self, X, reset):
         X = _as_numeric_array(X)
         ndim = X.ndim if hasattr(X, "ndim") else np.ndim(np.asarray(X, dtype=object))
-        input_shape = self.input_shape
+        input_shape = getattr(self, "input_shape", None)
         if ndim == 2:
             hint = "" if reset or getattr(self, "flat_input_", True) else \
                 layout_hint(np.shape(X), self.image_shape_)
@@ -306,17 +360,21 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def _check_params(self):
-        for name in ("max_epochs", "batch_size"):
-            value = getattr(self, name, 1)
-            if not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        lr = getattr(self, "lr", 1.0)
-        if not isinstance(lr, numbers.Real) or lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        vf = getattr(self, "validation_fraction", 0.0)
-        if not isinstance(vf, numbers.Real) or not 0 <= vf < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {vf!r}")
+        """What the declared constraints cannot express; fit and recalibrate run it after them.
 
+        Cross-parameter and fitted-state conditions, and the contents of a
+        sequence parameter; a detector extends it. A condition on one
+        parameter's value raises ``InvalidParameterError``
+        (:func:`invalid_parameter`).
+        """
+        rng = getattr(self, "input_range", None)
+        if rng is not None and not (
+                len(rng) == 2 and all(isinstance(v, numbers.Real) and np.isfinite(v) for v in rng)
+                and rng[0] < rng[1]):
+            raise invalid_parameter(self, "input_range",
+                                    "None or two finite numbers (low, high) with low < high")
+
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the detector on clean images.
 
@@ -343,6 +401,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Raises
         ------
+        sklearn.utils._param_validation.InvalidParameterError
+            When a parameter has an invalid type or value (a subclass of
+            ``ValueError`` and ``TypeError``; the message names the parameter).
         ValueError
             When fewer than 2 clean images are given: no threshold can be learned.
 
@@ -361,7 +422,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         random streams are left where they were.
         """
         self._check_params()
-        self.device_ = resolve_device(getattr(self, "device", "cpu"))
+        # The device fallback's warning points at fit's caller, past _fit_context.
+        self.device_ = resolve_device(getattr(self, "device", "cpu"),
+                                      stacklevel=_caller_stacklevel() + 1)
         # A torch Dataset or DataLoader is read whole, before seeding: a DataLoader
         # draws its workers' base seed from torch's generator.
         X, y = _streaming.materialize(X, y)
@@ -662,8 +725,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ------
         sklearn.exceptions.NotFittedError
             When the detector is not fitted.
+        sklearn.utils._param_validation.InvalidParameterError
+            When a parameter has an invalid type or value.
         """
         check_is_fitted(self)
+        self._validate_params()
         self._check_params()
         self._set_thresholds()
         return self

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseDetector, batched, check_outlier_labels, train_module
@@ -130,6 +131,17 @@ class BinaryClassifierDetector(BaseDetector):
     ((3,), 64, 64)
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "feature_layer", "validation_fraction",
+                                           "input_shape", "input_range", "max_epochs",
+                                           "batch_size", "lr", "optimizer", "device",
+                                           "random_state", "verbose"),
+        "on": [StrOptions({"input", "features"})],
+        "width": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden": [Interval(numbers.Integral, 1, None, closed="left")],
+        "fpr": [Interval(numbers.Real, 0, 1, closed="left"), None],
+    }
+
     def __init__(self, classifier=None, *, on="input", feature_layer=None, width=16, hidden=64,
                  fpr=None, validation_fraction=0.2, input_shape=None, input_range=(0.0, 1.0),
                  max_epochs=10, batch_size=128, lr=1e-3, optimizer=torch.optim.Adam,
@@ -150,19 +162,6 @@ class BinaryClassifierDetector(BaseDetector):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    # ------------------------------------------------------------ parameters
-    def _check_params(self):
-        super()._check_params()
-        if self.on not in ("input", "features"):
-            raise ValueError(f"on must be 'input' or 'features', got {self.on!r}")
-        for name in ("width", "hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.fpr is not None and (not isinstance(self.fpr, numbers.Real)
-                                     or not 0 <= self.fpr < 1):
-            raise ValueError(f"fpr must be None or in [0, 1), got {self.fpr!r}")
 
     # ------------------------------------------------------------------ fit
     def _fit_uses_class_labels(self):

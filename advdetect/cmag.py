@@ -10,6 +10,7 @@ import numbers
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from .base import BaseDetector, as_logits, batched, logit_margin, train_module
 from .nn.reconstructors import (ConvImageDecoder, ImageToImageReconstructor,
@@ -259,6 +260,27 @@ class CMAGDetector(BaseDetector):
     ((3,), (3, 1, 8, 8))
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "feature_layer", "input_shape",
+                                           "input_range", "validation_fraction", "max_epochs",
+                                           "batch_size", "lr", "optimizer", "device",
+                                           "random_state", "verbose"),
+        # (0, inf]: any positive number, as before the constraints.
+        "temperature": [Interval(numbers.Real, 0, None, closed="right")],
+        "combine": [StrOptions({"hadamard", "mean"})],
+        "mu_fmr": [Interval(numbers.Real, 0, 1, closed="both")],
+        "mu_lr": [Interval(numbers.Real, 0, 1, closed="both")],
+        "mu_gr": [Interval(numbers.Real, 0, 1, closed="both")],
+        "criterion": [StrOptions({"both", "ssim", "l2"})],
+        "stage": [StrOptions({*_STAGES, "all"})],
+        "confidence_test": ["boolean", StrOptions({"lower", "two-sided"})],
+        "combine_tests": [StrOptions({"min", "sum"})],
+        "threshold_rule": [StrOptions({"per-test", "joint"})],
+        "threshold_quantile": [Interval(numbers.Real, 0, 0.5, closed="left")],
+        "width": [Interval(numbers.Integral, 1, None, closed="left")],
+        "reconstructor": [StrOptions({"auto", "dense", "conv"})],
+    }
+
     def __init__(self, classifier=None, *, feature_layer=None, input_shape=None,
                  input_range=(0.0, 1.0), temperature=1.0, combine="hadamard", mu_fmr=0.5,
                  mu_lr=0.5, mu_gr=0.5, criterion="both", stage="fmr",
@@ -328,31 +350,6 @@ class CMAGDetector(BaseDetector):
         ('gr', 'both', 0.0, 5)
         """
         return super().paper(classifier, **params)
-
-    # ------------------------------------------------------------ parameters
-    def _check_params(self):
-        super()._check_params()
-        choices = {"combine": ("hadamard", "mean"), "criterion": ("both", "ssim", "l2"),
-                   "stage": _STAGES + ("all",), "reconstructor": ("auto", "dense", "conv"),
-                   "combine_tests": ("min", "sum"), "threshold_rule": ("per-test", "joint")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("mu_fmr", "mu_lr", "mu_gr"):
-            mu = getattr(self, name)
-            if not isinstance(mu, numbers.Real) or not 0 <= mu <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {mu!r}")
-        if not isinstance(self.temperature, numbers.Real) or self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        q = self.threshold_quantile
-        if not isinstance(q, numbers.Real) or not 0 <= q < 0.5:
-            raise ValueError(f"threshold_quantile must be in [0, 0.5), got {q!r}")
-        if not isinstance(self.confidence_test, (bool, np.bool_)) and \
-                self.confidence_test not in ("lower", "two-sided"):
-            raise ValueError(f"confidence_test must be True, False, 'lower' or 'two-sided', "
-                             f"got {self.confidence_test!r}")
-        if not isinstance(self.width, numbers.Integral) or self.width < 1:
-            raise ValueError(f"width must be a positive integer, got {self.width!r}")
 
     # ------------------------------------------------------------------ fit
     _networks = ("classifier_", "fmr_", "lr_", "gr_")

@@ -12,12 +12,13 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 
-from .base import (BaseDetector, as_logits, batched, default_feature_layer, logit_margin,
-                   train_module)
+from .base import (BaseDetector, _caller_stacklevel, as_logits, batched, default_feature_layer,
+                   invalid_parameter, logit_margin, train_module)
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
 from .nn.reconstructors import choose_design
@@ -295,6 +296,25 @@ class DAFARDetector(TransformerMixin, BaseDetector):
 
     _metric_names = ("l2", "anomaly_score", "confidence", "score")
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "feature_layer", "input_shape",
+                                           "input_range", "validation_fraction", "max_epochs",
+                                           "batch_size", "lr", "optimizer", "device",
+                                           "random_state", "verbose"),
+        "training": [StrOptions({"plugin", "joint"})],
+        "decoder": [StrOptions({"mirror", "dense", "conv"})],
+        "unpool": [StrOptions({"indices", "upsample"})],
+        "use_anomaly_detector": ["boolean"],
+        # Its contents, two positive integers: _check_params.
+        "anomaly_hidden": [tuple, list, None],
+        "z": [Interval(numbers.Real, None, None, closed="neither")],
+        "confidence_test": ["boolean", StrOptions({"lower", "two-sided"})],
+        "confidence_quantile": [Interval(numbers.Real, 0, 0.5, closed="neither")],
+        "combine_tests": [StrOptions({"min", "sum"})],
+        "reconstruction_loss": [StrOptions({"l2", "squared"})],
+        "anomaly_max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
     def __init__(self, classifier=None, *, feature_layer=None, input_shape=None,
                  input_range=(0.0, 1.0), training="plugin", decoder="mirror",
                  unpool="indices", use_anomaly_detector=True, anomaly_hidden=None, z=3.0,
@@ -366,31 +386,11 @@ class DAFARDetector(TransformerMixin, BaseDetector):
     # ------------------------------------------------------------ parameters
     def _check_params(self):
         super()._check_params()
-        choices = {"training": ("plugin", "joint"), "decoder": ("mirror", "dense", "conv"),
-                   "unpool": ("indices", "upsample"), "reconstruction_loss": ("l2", "squared"),
-                   "combine_tests": ("min", "sum")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not isinstance(self.use_anomaly_detector, (bool, np.bool_)):
-            raise ValueError("use_anomaly_detector must be True or False, got "
-                             f"{self.use_anomaly_detector!r}")
-        if not isinstance(self.z, numbers.Real) or not np.isfinite(self.z):
-            raise ValueError(f"z must be a finite number, got {self.z!r}")
-        if not isinstance(self.confidence_test, (bool, np.bool_)) and \
-                self.confidence_test not in ("lower", "two-sided"):
-            raise ValueError(f"confidence_test must be True, False, 'lower' or 'two-sided', "
-                             f"got {self.confidence_test!r}")
-        q = self.confidence_quantile
-        if not isinstance(q, numbers.Real) or not 0 < q < 0.5:
-            raise ValueError(f"confidence_quantile must be in (0, 0.5), got {q!r}")
-        e = self.anomaly_max_epochs
-        if not isinstance(e, numbers.Integral) or e < 1:
-            raise ValueError(f"anomaly_max_epochs must be a positive integer, got {e!r}")
+        # The contents of the pair: no constraint expresses them.
         h = self.anomaly_hidden
-        if h is not None and (not isinstance(h, (tuple, list)) or len(h) != 2 or not all(
+        if h is not None and (len(h) != 2 or not all(
                 isinstance(v, numbers.Integral) and v >= 1 for v in h)):
-            raise ValueError(f"anomaly_hidden must be None or two positive integers, got {h!r}")
+            raise invalid_parameter(self, "anomaly_hidden", "None or two positive integers")
 
     def _check_labels(self, y, n):
         if y is None:
@@ -571,7 +571,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             warnings.warn(
                 f"decoder='mirror': cannot mirror the encoder ending at "
                 f"{self.feature_layer_!r}: {exc}. Using the {fallback} decoder instead; "
-                f"{self._mirror_advice(model, probe, fallback)}", UserWarning, stacklevel=4)
+                f"{self._mirror_advice(model, probe, fallback)}", UserWarning,
+                stacklevel=_caller_stacklevel())
             return spec, []
         self.decoder_kind_ = "mirror"
         spec = dict(kind="mirror", steps=steps, image_shape=self.image_shape_,

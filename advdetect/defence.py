@@ -5,10 +5,13 @@ Defending against Adversaries by Feedback-Autoencoder Reconstruction*,
 Sections 4.3, 4.4 (Fig. 3) and 5.5 (Fig. 10).
 """
 
+import numbers
+
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
@@ -64,7 +67,7 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
         used as it is and ``fit`` does not retrain it; wrap it in
         ``sklearn.frozen.FrozenEstimator`` so that ``clone`` (GridSearchCV,
         cross_validate) keeps it fitted too.
-    reject_label : int or str, default=-1
+    reject_label : int, float or str, default=-1
         The prediction given to rejected inputs. It must not be one of the
         classifier's classes.
     purify : bool, default=True
@@ -121,12 +124,24 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
     ((4,), True)
     """
 
+    _parameter_constraints = {
+        # A torch.nn.Module, a fitted skorch net, a FrozenEstimator or None: no
+        # constraint expresses that; unwrap_classifier checks it when fit reads it.
+        "classifier": "no_validation",
+        "detector": [HasMethods(["fit", "predict"])],
+        # That no class of the classifier uses it is checked by fit.
+        "reject_label": [numbers.Integral, numbers.Real, str],
+        "purify": ["boolean"],
+    }
+
     def __init__(self, classifier=None, detector=None, *, reject_label=-1, purify=True):
         self.classifier = classifier
         self.detector = detector
         self.reject_label = reject_label
         self.purify = purify
 
+    # The detector is fitted here (a clone of it): its own parameters are validated too.
+    @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y=None):
         """Fit the detector if it is not fitted, and read the classifier's classes.
 
@@ -140,11 +155,15 @@ class DetectAndPurify(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        sklearn.utils._param_validation.InvalidParameterError
+            When a parameter has an invalid type or value (``detector`` is
+            required: an estimator with ``fit`` and ``predict``).
+        ValueError
+            When ``reject_label`` is one of the classifier's classes.
         """
-        if self.detector is None:
-            raise ValueError("detector is required: pass a DAFARDetector (fitted or not).")
-        if not isinstance(self.purify, (bool, np.bool_)):
-            raise ValueError(f"purify must be True or False, got {self.purify!r}")
         if _is_fitted(self.detector):
             self.detector_ = self.detector
         else:

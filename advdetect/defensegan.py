@@ -17,12 +17,13 @@ import numbers
 import numpy as np
 import torch
 from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from .base import BaseDetector, batched, train_module
+from .base import BaseDetector, batched, invalid_parameter, train_module
 from .nn.gan import WGAN, DefenseGANDecision, gradient_penalty, latent_search
 
 __all__ = ["DefenseGANDetector", "WGANGPNet"]
@@ -243,6 +244,23 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
                         latent_dim=128, width=64, critic_iters=5, gradient_penalty=10.0,
                         batch_size=50, lr=1e-4)
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+                                           "input_range", "max_epochs", "batch_size", "lr",
+                                           "optimizer", "device", "random_state", "verbose"),
+        # The counts refuse bools too: _check_params.
+        "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        # [0, inf]: any number >= 0, as before the constraints.
+        "search_lr": [Interval(numbers.Real, 0, None, closed="both")],
+        "search_momentum": [Interval(numbers.Real, 0, 1, closed="left")],
+        "latent_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+        "width": [Interval(numbers.Integral, 1, None, closed="left")],
+        "critic_iters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "gradient_penalty": [Interval(numbers.Real, 0, None, closed="both")],
+        "fpr": [Interval(numbers.Real, 0, 1, closed="left")],
+    }
+
     def __init__(self, classifier=None, *, n_restarts=4, n_steps=50, search_lr=10.0,
                  search_momentum=0.7, latent_dim=32, width=8, critic_iters=5,
                  gradient_penalty=10.0, fpr=0.01, validation_fraction=0.1, input_shape=None,
@@ -301,21 +319,11 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
     # ------------------------------------------------------------ parameters
     def _check_params(self):
         super()._check_params()
-        for name in ("n_restarts", "latent_dim", "width", "critic_iters"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.n_steps, numbers.Integral) or isinstance(self.n_steps, bool) \
-                or self.n_steps < 0:
-            raise ValueError(f"n_steps must be an integer >= 0, got {self.n_steps!r}")
-        for name in ("search_lr", "gradient_penalty"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        for name in ("search_momentum", "fpr"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        # Interval(Integral, ...) admits True and False (bool is an int subclass);
+        # these counts never did.
+        for name in ("n_restarts", "n_steps", "latent_dim", "width", "critic_iters"):
+            if isinstance(getattr(self, name), bool):
+                raise invalid_parameter(self, name, "an int, not a bool")
 
     # ------------------------------------------------------------------ fit
     _networks = ("generator_",)

@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 from torch import nn
 
-from .base import BaseDetector, batched, train_module, upper_quantile
+from .base import BaseDetector, batched, invalid_parameter, train_module, upper_quantile
 from .nn.autoencoders import MNIST_STRUCTURES, MagNetAutoencoder
 
 __all__ = ["MagNetDetector", "MagNetAutoencoder", "DenoisingAutoencoderNet", "MNIST_STRUCTURES"]
@@ -221,6 +222,18 @@ class MagNetDetector(TransformerMixin, BaseDetector):
     ['error_I', 'error_II', 'score']
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+                                           "input_range", "max_epochs", "batch_size", "lr",
+                                           "optimizer", "device", "random_state", "verbose"),
+        # Its contents, a non-empty selection without repeats: _check_params.
+        "detectors": [StrOptions(set(_DETECTORS)), "array-like"],
+        "drop_rate": [Interval(numbers.Real, 0, 1, closed="left")],
+        # [0, inf]: any number >= 0, as before the constraints.
+        "noise_std": [Interval(numbers.Real, 0, None, closed="both")],
+        "activity_l2": [Interval(numbers.Real, 0, None, closed="both")],
+    }
+
     def __init__(self, classifier=None, *, detectors=_DETECTORS, drop_rate=0.001,
                  validation_fraction=0.1, noise_std=0.1, activity_l2=1e-9, input_shape=None,
                  input_range=(0.0, 1.0), max_epochs=10, batch_size=32, lr=1e-2,
@@ -250,21 +263,14 @@ class MagNetDetector(TransformerMixin, BaseDetector):
             dets = (dets,)
         unknown = [d for d in dets if d not in _DETECTORS]
         if not dets or unknown or len(set(dets)) != len(dets):
-            raise ValueError(f"detectors must be a non-empty selection without repeats from "
-                             f"{_DETECTORS}, got {self.detectors!r}")
+            raise invalid_parameter(self, "detectors", "a non-empty selection without repeats "
+                                    f"from {_DETECTORS}")
         return tuple(d for d in _DETECTORS if d in dets)
 
     def _check_params(self):
         super()._check_params()
+        # The contents of the selection: no constraint expresses them.
         self._selected_detectors()
-        for name in ("drop_rate",):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        for name in ("noise_std", "activity_l2"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
     # ------------------------------------------------------------------ fit
     _networks = ("autoencoders_",)

@@ -14,8 +14,9 @@ import numbers
 import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from .base import BaseDetector, batched, check_outlier_labels
+from .base import BaseDetector, batched, check_outlier_labels, invalid_parameter
 from .nn.mahalanobis import (ClassConditionalGaussian, LayerFeatures, MahalanobisDecision,
                              mahalanobis_layer_scores, spatial_mean)
 
@@ -195,6 +196,19 @@ class MahalanobisDetector(BaseDetector):
     True
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+                                           "input_range", "batch_size", "device",
+                                           "random_state", "verbose"),
+        # A name, "blocks" or a list of names (its contents, distinct layer names:
+        # _check_params).
+        "feature_layer": [str, "array-like", None],
+        "combine": [StrOptions({"sum", "logistic"})],
+        "covariance": [StrOptions(set(_COVARIANCES))],
+        "noise_magnitude": [Interval(numbers.Real, 0, None, closed="left")],
+        "fpr": [Interval(numbers.Real, 0, 1, closed="left")],
+    }
+
     def __init__(self, classifier=None, *, feature_layer=None, combine="sum",
                  covariance="empirical", noise_magnitude=0.0, fpr=0.01,
                  validation_fraction=0.2, input_shape=None, input_range=(0.0, 1.0),
@@ -262,23 +276,14 @@ class MahalanobisDetector(BaseDetector):
             layers = None
         if not layers or not all(isinstance(n, str) for n in layers) \
                 or len(set(layers)) != len(layers):
-            raise ValueError(f"feature_layer must be None, a layer name, 'blocks' or a list of "
-                             f"distinct layer names; got {layer!r}")
+            raise invalid_parameter(self, "feature_layer", "None, a layer name, 'blocks' or a "
+                                    "list of distinct layer names")
         return layers
 
     def _check_params(self):
         super()._check_params()
+        # The contents of a list of layers: no constraint expresses them.
         self._layer_spec()
-        if self.combine not in ("sum", "logistic"):
-            raise ValueError(f"combine must be 'sum' or 'logistic', got {self.combine!r}")
-        if self.covariance not in _COVARIANCES:
-            raise ValueError(f"covariance must be one of {tuple(_COVARIANCES)}, got "
-                             f"{self.covariance!r}")
-        eps = self.noise_magnitude
-        if not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps < 0:
-            raise ValueError(f"noise_magnitude must be a finite number >= 0, got {eps!r}")
-        if not isinstance(self.fpr, numbers.Real) or not 0 <= self.fpr < 1:
-            raise ValueError(f"fpr must be in [0, 1), got {self.fpr!r}")
 
     # ------------------------------------------------------------------ fit
     _networks = ("classifier_", "gaussians_")

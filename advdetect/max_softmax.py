@@ -13,7 +13,9 @@ import numbers
 import numpy as np
 import torch
 
-from .base import BaseDetector, as_logits, batched
+from sklearn.utils._param_validation import Interval
+
+from .base import BaseDetector, as_logits, invalid_parameter
 
 __all__ = ["MaxSoftmaxDetector"]
 
@@ -118,6 +120,14 @@ class MaxSoftmaxDetector(BaseDetector):
     True
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+                                           "input_range", "batch_size", "device",
+                                           "random_state", "verbose"),
+        "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
+        "fpr": [Interval(numbers.Real, 0, 1, closed="left")],
+    }
+
     def __init__(self, classifier=None, *, temperature=1.0, fpr=0.05, validation_fraction=0.0,
                  input_shape=None, input_range=(0.0, 1.0), batch_size=256, device="auto",
                  random_state=None, verbose=0):
@@ -134,12 +144,10 @@ class MaxSoftmaxDetector(BaseDetector):
 
     def _check_params(self):
         super()._check_params()
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not np.isfinite(t) \
-                or t <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-        if not isinstance(self.fpr, numbers.Real) or not 0 <= self.fpr < 1:
-            raise ValueError(f"fpr must be in [0, 1), got {self.fpr!r}")
+        # Finite (softmax(f(x) / inf) is uniform whatever x) and not a bool: no
+        # declared constraint refuses these.
+        if isinstance(self.temperature, (bool, np.bool_)) or not np.isfinite(self.temperature):
+            raise invalid_parameter(self, "temperature", "a finite float in the range (0, inf)")
 
     # ------------------------------------------------------------------ fit
     _networks = ("classifier_",)

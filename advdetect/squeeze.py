@@ -13,8 +13,9 @@ import numbers
 from functools import partial
 
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 
-from .base import BaseDetector, as_logits, upper_quantile
+from .base import BaseDetector, as_logits, invalid_parameter, upper_quantile
 from .nn.squeezers import bit_depth, median_filter, non_local_means
 
 __all__ = ["FeatureSqueezingDetector", "bit_depth", "median_filter", "non_local_means",
@@ -232,6 +233,14 @@ class FeatureSqueezingDetector(BaseDetector):
     ['l1_bit_depth_1', 'l1_median_2', 'l1_max']
     """
 
+    _parameter_constraints = {
+        **BaseDetector._shared_constraints("classifier", "input_shape", "input_range",
+                                           "batch_size", "device", "random_state", "verbose"),
+        # Its contents, known squeezers without repeats: _check_params.
+        "squeezers": [StrOptions(set(SQUEEZER_PRESETS)), "array-like"],
+        "fpr": [Interval(numbers.Real, 0, 1, closed="left")],
+    }
+
     def __init__(self, classifier=None, *, squeezers=SQUEEZER_PRESETS["mnist"], fpr=0.05,
                  input_shape=None, input_range=(0.0, 1.0), batch_size=256, device="auto",
                  random_state=None, verbose=0):
@@ -247,31 +256,33 @@ class FeatureSqueezingDetector(BaseDetector):
 
     # ------------------------------------------------------------ parameters
     def _parse_squeezers(self):
+        """``squeezers`` as ``[(column name, function)]``; InvalidParameterError if invalid.
+
+        The constraint declares a preset name or a sequence; its contents (known
+        squeezers with valid parameters, at least one, none repeated) are checked
+        here, as no constraint expresses them.
+        """
         specs = self.squeezers
         if isinstance(specs, str):
-            if specs not in SQUEEZER_PRESETS:
-                raise ValueError(f"unknown squeezer preset {specs!r}: choose from "
-                                 f"{sorted(SQUEEZER_PRESETS)} or give a list of "
-                                 "(name, parameter) pairs")
             specs = SQUEEZER_PRESETS[specs]
         try:
             specs = list(specs)
-        except TypeError:
-            raise ValueError(f"squeezers must be a list of (name, parameter) pairs or a "
-                             f"preset name; got {self.squeezers!r}") from None
-        if not specs:
-            raise ValueError("squeezers must hold at least one squeezer")
-        parsed = [_parse_squeezer(s) for s in specs]
+            if not specs:
+                raise ValueError("squeezers must hold at least one squeezer")
+            parsed = [_parse_squeezer(s) for s in specs]
+        except (TypeError, ValueError) as exc:
+            raise invalid_parameter(self, "squeezers", "a preset name or a sequence of "
+                                    f"(name, parameter) pairs: {exc}") from None
         names = [n for n, _ in parsed]
         if len(set(names)) != len(names):
-            raise ValueError(f"squeezers are repeated: {names}")
+            raise invalid_parameter(self, "squeezers", "a sequence of squeezers without "
+                                    f"repeats (these are repeated: {names})")
         return parsed
 
     def _check_params(self):
         super()._check_params()
+        # The contents of the sequence: no constraint expresses them.
         self._parse_squeezers()
-        if not isinstance(self.fpr, numbers.Real) or not 0 <= self.fpr < 1:
-            raise ValueError(f"fpr must be in [0, 1), got {self.fpr!r}")
 
     # ------------------------------------------------------------------ fit
     _networks = ("classifier_",)

@@ -1,6 +1,7 @@
 """Shared fixtures: small data and small victims, trained once per session."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -57,6 +58,11 @@ def small_victim(digits_small):
 
     X, y = digits_small
     return train_classifier(X, y, max_epochs=5, device="cpu", random_state=0)
+
+
+def invalid_parameter(name, value):
+    """The message of scikit-learn's ``InvalidParameterError`` for ``name=value``, as a regex."""
+    return rf"The '{name}' parameter of \w+ must be .* Got {re.escape(repr(value))} instead\."
 
 
 def fgsm(module, X, y, eps):

@@ -7,12 +7,13 @@ import pytest
 import torch
 from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
 
 from advdetect import BinaryClassifierDetector
 from advdetect.model_selection import make_detection_dataset
 from advdetect.persistence import load
 
-from .conftest import fgsm
+from .conftest import fgsm, invalid_parameter
 
 FAST = dict(device="cpu", random_state=0, max_epochs=2)
 
@@ -106,13 +107,13 @@ def test_to_torch_equals_decision_function(digits_pairs, small_victim):
     assert not module.training and not any(p.requires_grad for p in module.parameters())
 
 
-@pytest.mark.parametrize("params, match", [
-    (dict(on="logits"), "on must be"), (dict(width=0), "width"), (dict(fpr=1.5), "fpr"),
+@pytest.mark.parametrize("param, value", [
+    ("on", "logits"), ("width", 0), ("hidden", 0), ("fpr", 1.5),
 ])
-def test_invalid_parameters(digits_pairs, params, match):
+def test_invalid_parameters(digits_pairs, param, value):
     X, y = digits_pairs
-    with pytest.raises(ValueError, match=match):
-        BinaryClassifierDetector(**params, **FAST).fit(X, y)
+    with pytest.raises(InvalidParameterError, match=invalid_parameter(param, value)):
+        BinaryClassifierDetector(**{param: value}, **FAST).fit(X, y)
 
 
 def test_classes_weigh_alike_when_imbalanced(digits_small, small_victim):

@@ -11,13 +11,15 @@ import copy
 
 import joblib
 import numpy as np
+import pytest
 import torch
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 from torch import nn
 
 from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector, DefenseGANDetector,
                        FeatureSqueezingDetector, MagNetDetector, MahalanobisDetector,
                        MaxSoftmaxDetector)
+from advdetect.defence import DetectAndPurify
 
 
 def _rebuild_any_width_mlp(n_classes, state, requires_grad, training):
@@ -122,6 +124,17 @@ def _expected_failed_checks(estimator):
                          xfail_strict=True)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# parametrize_with_checks leaves check_param_validation out (scikit-learn runs it on its
+# own estimators only): it runs here on every detector and on DetectAndPurify. It asserts
+# that _parameter_constraints names exactly the constructor's parameters and that fit
+# (fit_predict, fit_transform) raises InvalidParameterError naming each parameter.
+@pytest.mark.parametrize(
+    "estimator", DETECTORS + [DetectAndPurify(AnyWidthMLP(), _tabular(DAFARDetector))],
+    ids=lambda est: type(est).__name__)
+def test_check_param_validation(estimator):
+    check_param_validation(type(estimator).__name__, estimator)
 
 
 def test_every_detector_is_checked():

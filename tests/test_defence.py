@@ -6,10 +6,13 @@ import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
+from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
 from advdetect.dafar import DAFARDetector
 from advdetect.defence import DetectAndPurify
+
+from .conftest import invalid_parameter
 
 FAST = dict(max_epochs=1, anomaly_max_epochs=1, device="cpu", random_state=0)
 
@@ -93,8 +96,10 @@ def test_errors():
         DetectAndPurify(_FirstPixel(), _MockDetector()).predict(X)
     with pytest.raises(ValueError, match="reject_label"):
         DetectAndPurify(_FirstPixel(), _MockDetector(), reject_label=1).fit(X)
-    with pytest.raises(ValueError, match="detector"):
+    with pytest.raises(InvalidParameterError, match=invalid_parameter("detector", None)):
         DetectAndPurify(_FirstPixel()).fit(X)
+    with pytest.raises(InvalidParameterError, match=invalid_parameter("purify", "yes")):
+        DetectAndPurify(_FirstPixel(), _MockDetector(), purify="yes").fit(X)
 
 
 @pytest.fixture(scope="module")

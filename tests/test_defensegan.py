@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
 from advdetect import DefenseGANDetector
@@ -14,7 +15,7 @@ from advdetect.defensegan import WGANGPNet
 from advdetect.models import SmallCNN
 from advdetect.nn.gan import WGAN, WGANCritic, WGANGenerator, gradient_penalty, latent_search
 
-from .conftest import fgsm
+from .conftest import fgsm, invalid_parameter
 
 TINY = dict(width=4, latent_dim=4, n_restarts=2, n_steps=5, max_epochs=1, device="cpu",
             random_state=0)
@@ -210,10 +211,12 @@ def test_paper_recipe():
     ("n_restarts", 0), ("n_steps", -1), ("latent_dim", 0), ("width", 1.5), ("critic_iters", 0),
     ("search_lr", -1.0), ("gradient_penalty", -1.0), ("search_momentum", 1.0), ("fpr", 1.0),
     ("validation_fraction", 1.0), ("max_epochs", 0),
+    # bool is an int, but never a count here (checked as code: Interval admits it).
+    ("n_restarts", True), ("n_steps", False), ("width", True),
 ])
 def test_invalid_parameters(digits_small, param, value):
     X, _ = digits_small
-    with pytest.raises(ValueError, match=param):
+    with pytest.raises(InvalidParameterError, match=invalid_parameter(param, value)):
         DefenseGANDetector(**TINY).set_params(**{param: value}).fit(X[:20])
 
 

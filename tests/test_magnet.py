@@ -6,13 +6,14 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
 from advdetect.magnet import (MNIST_STRUCTURES, DenoisingAutoencoderNet, MagNetAutoencoder,
                               MagNetDetector)
 from advdetect.models import SmallCNN
 
-from .conftest import fgsm
+from .conftest import fgsm, invalid_parameter
 
 FAST = dict(max_epochs=2, device="cpu", random_state=0)
 
@@ -256,7 +257,7 @@ def test_classifier_is_ignored(digits_small):
 ])
 def test_invalid_parameters(digits_small, param, value):
     X, _ = digits_small
-    with pytest.raises(ValueError, match=param):
+    with pytest.raises(InvalidParameterError, match=invalid_parameter(param, value)):
         MagNetDetector(**FAST).set_params(**{param: value}).fit(X[:20])
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
 
 from advdetect import MahalanobisDetector
 from advdetect.nn.mahalanobis import spatial_mean
 
-from .conftest import fgsm
+from .conftest import fgsm, invalid_parameter
 
 FAST = dict(device="cpu", random_state=0)
 TWO_LAYERS = ["features.relu1", "features.pool1"]
@@ -183,15 +184,21 @@ def test_paper_recipe():
     assert MahalanobisDetector.paper(combine="sum").combine == "sum"
 
 
-@pytest.mark.parametrize("params, match", [
-    (dict(combine="mean"), "combine"), (dict(covariance="oas"), "covariance"),
-    (dict(noise_magnitude=-0.1), "noise_magnitude"), (dict(fpr=1.0), "fpr"),
-    (dict(feature_layer=["a", "a"]), "feature_layer"), (dict(feature_layer="nope"), "nope"),
+@pytest.mark.parametrize("param, value", [
+    ("combine", "mean"), ("covariance", "oas"), ("noise_magnitude", -0.1),
+    ("noise_magnitude", float("inf")), ("fpr", 1.0), ("feature_layer", ["a", "a"]),
+    ("feature_layer", []), ("feature_layer", 3),
 ])
-def test_invalid_parameters(digits_small, small_victim, params, match):
+def test_invalid_parameters(digits_small, small_victim, param, value):
     X, _ = digits_small
-    with pytest.raises(ValueError, match=match):
-        MahalanobisDetector(small_victim, **params, **FAST).fit(X[:40])
+    with pytest.raises(InvalidParameterError, match=invalid_parameter(param, value)):
+        MahalanobisDetector(small_victim, **{param: value}, **FAST).fit(X[:40])
+
+
+def test_unknown_feature_layer(digits_small, small_victim):
+    X, _ = digits_small
+    with pytest.raises(ValueError, match="nope"):
+        MahalanobisDetector(small_victim, feature_layer="nope", **FAST).fit(X[:40])
 
 
 def test_mahalanobis_to_torch_takes_flat_rows_and_stays_in_eval_mode(digits_small):

@@ -6,12 +6,13 @@ import torch
 from scipy import ndimage
 from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
 
 from advdetect.models import SmallCNN
 from advdetect.squeeze import (SQUEEZER_PRESETS, FeatureSqueezingDetector, bit_depth,
                                median_filter, non_local_means)
 
-from .conftest import fgsm
+from .conftest import fgsm, invalid_parameter
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -137,7 +138,7 @@ def test_probability_output_matches_logits(digits_small, small_victim):
 
 
 @pytest.mark.parametrize("squeezers, match", [
-    ([("blur", 2)], "unknown squeezer"), ("cifar100", "preset"), ([], "at least one"),
+    ([("blur", 2)], "unknown squeezer"), ("cifar100", r"among \{"), ([], "at least one"),
     ([("bit_depth", 0)], "bit_depth"), ([("bit_depth", 2.5)], "bit_depth"),
     ([("median", 0)], "median"), ([("median", (2, 2, 2))], "median"),
     ([("nl_means", (13, 3))], "nl_means"), ([("median", 2), ("median", 2)], "repeated"),
@@ -146,14 +147,15 @@ def test_probability_output_matches_logits(digits_small, small_victim):
 def test_invalid_squeezers(digits_small, squeezers, match):
     X, _ = digits_small
     det = FeatureSqueezingDetector(SmallCNN(), squeezers=squeezers, device="cpu")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InvalidParameterError, match=match) as info:
         det.fit(X[:10])
+    assert info.match(invalid_parameter("squeezers", squeezers))
 
 
 @pytest.mark.parametrize("fpr", [1.0, -0.1, "0.05"])
 def test_invalid_fpr(digits_small, fpr):
     X, _ = digits_small
-    with pytest.raises(ValueError, match="fpr"):
+    with pytest.raises(InvalidParameterError, match=invalid_parameter("fpr", fpr)):
         FeatureSqueezingDetector(SmallCNN(), fpr=fpr, device="cpu").fit(X[:10])
 
 

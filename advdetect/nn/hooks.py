@@ -19,7 +19,7 @@ __all__ = ["resolve_device", "default_feature_layer", "HookedClassifier", "as_lo
            "logit_margin", "infer_output_kind", "writable", "eval_mode", "batched"]
 
 
-def resolve_device(device):
+def resolve_device(device, stacklevel=3):
     """Map ``"auto"`` to ``"cuda"`` when CUDA is available, else ``"cpu"``.
 
     Parameters
@@ -27,6 +27,8 @@ def resolve_device(device):
     device : {"auto", "cpu", "cuda"} or str or torch.device
         ``"cuda"`` on a machine without CUDA falls back to the CPU with a warning,
         so a model configured on a GPU machine still runs elsewhere.
+    stacklevel : int, default=3
+        The fallback warning's ``stacklevel`` (3: the caller's caller).
 
     Returns
     -------
@@ -42,7 +44,7 @@ def resolve_device(device):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         warnings.warn(f"device={device!r} requested but CUDA is not available; using the CPU.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=stacklevel)
         return "cpu"
     return device
 
