@@ -68,13 +68,13 @@ def test_variants_share_networks_and_leave_the_detector_alone(digits_small, smal
     paper = variants["CMAG (paper)"]
     assert (paper.stage, paper.criterion, paper.threshold_quantile) == ("gr", "both", 0.0)
     assert paper.gr_ is cmag.gr_ and paper.threshold_ssim_ == \
-        cmag.calibration_metrics_["ssim_gr"].min()
+        cmag.calibration_["ssim_gr"].min()
     assert variants["CMAG fmr ssim"].confidence_test is False
     assert cmag.stage == "fmr" and cmag.thresholds_.equals(before)
     dafar = DAFARDetector(FrozenEstimator(small_victim), anomaly_max_epochs=1, **fast).fit(X)
     no_c = _variants("DAFAR", dafar)["DAFAR (no C)"]
     assert not no_c.scores_with_anomaly_detector_ and dafar.scores_with_anomaly_detector_
-    l2 = dafar.calibration_l2_
+    l2 = dafar.calibration_["l2"]
     assert no_c.threshold_ == pytest.approx(l2.mean() + dafar.z * l2.std(ddof=1))
 
 

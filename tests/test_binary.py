@@ -9,9 +9,8 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import InvalidParameterError
 
-from advdetect import BinaryClassifierDetector
+from advdetect import BinaryClassifierDetector, load
 from advdetect.model_selection import make_detection_dataset
-from advdetect.persistence import load
 
 from .conftest import fgsm, invalid_parameter
 

@@ -37,10 +37,10 @@ def test_fitted_attributes(digits_det, digits_small):
         "fmr", "both", "two-sided", "sum")
     assert det.threshold_ssim_ == det.thresholds_.loc["fmr", "ssim"]
     assert det.confidence_threshold_ == pytest.approx(
-        np.quantile(det.calibration_metrics_["confidence"], 0.01, method="lower"))
-    assert len(det.calibration_metrics_) == round(0.2 * len(X))
+        np.quantile(det.calibration_["confidence"], 0.01, method="lower"))
+    assert len(det.calibration_) == round(0.2 * len(X))
     # The summed margins are cut at their own 1 % quantile on the calibration images.
-    cal, thr = det.calibration_metrics_, det.thresholds_.loc["fmr"]
+    cal, thr = det.calibration_, det.thresholds_.loc["fmr"]
     conf = cal["confidence"]
     summed = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
               + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
@@ -277,7 +277,7 @@ def test_two_sided_confidence_test_flags_both_tails(digits_det, digits_small):
     det = copy.copy(digits_det)  # the fitted networks, own parameters
     det.set_params(threshold_quantile=0.1, confidence_test="two-sided", criterion="ssim",
                    combine_tests="min").recalibrate()
-    conf = det.calibration_metrics_["confidence"]
+    conf = det.calibration_["confidence"]
     assert det.confidence_upper_threshold_ == pytest.approx(np.quantile(conf, 0.9,
                                                                         method="higher"))
     f = det.reconstruction_errors(X)
@@ -310,7 +310,7 @@ def test_combine_tests_sum_adds_margins_and_thresholds_the_sum(digits_det, digit
     f = det.reconstruction_errors(X)
     np.testing.assert_allclose(f["score"], margins.sum(axis=0), rtol=1e-5, atol=1e-5)
     # The sum is thresholded at its own 5 % quantile on the clean calibration images.
-    cal = det.calibration_metrics_
+    cal = det.calibration_
     cal_margins = ((cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"]
                    + (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"]
                    + (cal["confidence"] - det.confidence_threshold_) / det.confidence_scale_)
@@ -341,7 +341,7 @@ def test_joint_threshold_rule_cuts_the_min_score_at_its_quantile(digits_det, dig
     det.set_params(threshold_rule="joint").recalibrate()
     # Same ranking, one cut: the 5 % quantile of the clean calibration min-margins.
     np.testing.assert_allclose(det.score_samples(X), per_test)
-    cal = det.calibration_metrics_
+    cal = det.calibration_
     thr = det.thresholds_.loc["fmr"]
     m = np.minimum.reduce([(cal["ssim_fmr"] - thr["ssim"]) / thr["ssim_scale"],
                            (thr["l2"] - cal["l2_fmr"]) / thr["l2_scale"],

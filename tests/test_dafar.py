@@ -127,7 +127,7 @@ def test_small_cnn_mirror_and_fitted_attributes(digits_det, digits_small):
     assert _layer_types(det.feedback_decoder_) == ["MaxUnpool2d", "ConvTranspose2d",
                                                    "ConvTranspose2d"]
     assert det.image_shape_ == (1, 8, 8) and det.n_features_in_ == 64
-    assert det.n_calibration_ == round(0.2 * len(X)) == len(det.calibration_indices_)
+    assert det.n_calibration_ == round(0.2 * len(X)) == len(det.calibration_)
     net = det.anomaly_detector_.net
     assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [72, 9, 72, 64]
     for module in (det.feedback_autoencoder_, det.anomaly_detector_, det.classifier_):
@@ -204,14 +204,14 @@ def test_joint_mode_trains_a_copy(digits_small, small_victim):
 def test_threshold_is_mean_plus_z_sigma_of_held_out_scores(digits_det, digits_small):
     X, _ = digits_small
     det = digits_det
-    cal = det.reconstruction_errors(X[det.calibration_indices_])
+    cal = det.reconstruction_errors(X[det.calibration_.index.to_numpy()])
     np.testing.assert_allclose(cal["anomaly_score"], det.calibration_scores_, rtol=1e-5)
     alpha = cal["anomaly_score"].mean() + 3.0 * cal["anomaly_score"].std(ddof=1)
     assert det.threshold_ == pytest.approx(alpha, rel=1e-5)
     assert det.offset_ == -det.threshold_
     np.testing.assert_allclose(cal["decision"], det.threshold_ - cal["anomaly_score"])
     np.testing.assert_allclose(cal["score"], -cal["anomaly_score"])
-    train_idx = np.setdiff1d(np.arange(len(X)), det.calibration_indices_)
+    train_idx = np.setdiff1d(np.arange(len(X)), det.calibration_.index.to_numpy())
     assert len(train_idx) + det.n_calibration_ == len(X)
 
 
@@ -221,7 +221,7 @@ def test_z_moves_the_false_positive_rate_monotonically(digits_small, small_victi
     for z in (0.0, 1.0, 3.0):
         det = DAFARDetector(small_victim, z=z, **FAST).fit(X)
         thresholds.append(det.threshold_)
-        fprs.append(np.mean(det.predict(X[det.calibration_indices_]) == -1))
+        fprs.append(np.mean(det.predict(X[det.calibration_.index.to_numpy()]) == -1))
     assert thresholds[0] < thresholds[1] < thresholds[2]
     assert fprs[0] > fprs[1] >= fprs[2]
     assert 0.2 < fprs[0] < 0.8  # z = 0 puts alpha at the mean
@@ -230,7 +230,7 @@ def test_z_moves_the_false_positive_rate_monotonically(digits_small, small_victi
 def test_validation_fraction_zero_calibrates_on_the_training_set(digits_small, small_victim):
     X, _ = digits_small
     det = DAFARDetector(small_victim, validation_fraction=0.0, **FAST).fit(X[:50])
-    np.testing.assert_array_equal(det.calibration_indices_, np.arange(50))
+    np.testing.assert_array_equal(det.calibration_.index.to_numpy(), np.arange(50))
 
 
 def test_without_anomaly_detector_scores_the_l2_error(digits_small, small_victim):
@@ -247,13 +247,13 @@ def test_recalibrate_for_z_and_without_c_matches_a_refit(digits_small, small_vic
     """Both calibration scores are kept: z and the scorer change with no retraining."""
     X, _ = digits_small
     det = DAFARDetector(FrozenEstimator(small_victim), **FAST).fit(X)
-    frame = det.reconstruction_errors(X[det.calibration_indices_])
-    np.testing.assert_allclose(det.calibration_l2_, frame["l2"], rtol=1e-5)
-    np.testing.assert_allclose(det.calibration_anomaly_scores_, frame["anomaly_score"], rtol=1e-5)
+    frame = det.reconstruction_errors(X[det.calibration_.index.to_numpy()])
+    np.testing.assert_allclose(det.calibration_["l2"], frame["l2"], rtol=1e-5)
+    np.testing.assert_allclose(det.calibration_["anomaly_score"], frame["anomaly_score"], rtol=1e-5)
     det.set_params(z=1.0).recalibrate()
     refit = clone(det).fit(X)
     assert det.threshold_ == pytest.approx(refit.threshold_, rel=1e-6)
-    l2 = det.calibration_l2_
+    l2 = det.calibration_["l2"]
     before = det.score_samples(X[:20])
     det.set_params(use_anomaly_detector=False)  # no effect until recalibrate()
     np.testing.assert_array_equal(det.score_samples(X[:20]), before)
@@ -265,7 +265,7 @@ def test_recalibrate_for_z_and_without_c_matches_a_refit(digits_small, small_vic
                                rtol=1e-4)
     # A detector fitted without C cannot score with it: refit, not recalibrate.
     no_c = DAFARDetector(small_victim, use_anomaly_detector=False, **FAST).fit(X)
-    assert no_c.calibration_anomaly_scores_ is None
+    assert "anomaly_score" not in no_c.calibration_
     with pytest.raises(ValueError, match="without the anomaly detector"):
         no_c.set_params(use_anomaly_detector=True).recalibrate()
     assert no_c.predict(X[:5]).shape == (5,)
@@ -291,7 +291,7 @@ def test_confidence_test_min_and_sum(digits_det, digits_small):
     det = copy.copy(digits_det)  # the fitted networks, own parameters
     plain = det.reconstruction_errors(X)
     np.testing.assert_allclose(plain["score"], -plain["anomaly_score"])
-    conf = det.calibration_confidence_
+    conf = det.calibration_["confidence"]
     assert len(conf) == det.n_calibration_
     det.set_params(confidence_test="two-sided", confidence_quantile=0.1).recalibrate()
     assert det.confidence_threshold_ == pytest.approx(np.quantile(conf, 0.1, method="lower"))
@@ -313,7 +313,7 @@ def test_confidence_test_min_and_sum(digits_det, digits_small):
     det.set_params(combine_tests="sum").recalibrate()
     f = det.reconstruction_errors(X)
     np.testing.assert_allclose(f["score"], margins.sum(axis=0), rtol=1e-5, atol=1e-5)
-    a, c = det.calibration_anomaly_scores_, det.calibration_confidence_
+    a, c = det.calibration_["anomaly_score"], det.calibration_["confidence"]
     cal = (det.threshold_ - a) / s["anomaly"] + np.minimum(
         (c - det.confidence_threshold_) / s["low"], (det.confidence_upper_threshold_ - c) / s["high"])
     assert det.offset_ == pytest.approx(np.quantile(cal, 0.1, method="lower"))

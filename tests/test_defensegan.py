@@ -126,11 +126,12 @@ def test_latent_search_descends_and_keeps_the_best_restart():
 def test_fitted_attributes_and_threshold(digits_det, digits_small):
     X, _ = digits_small
     det = digits_det
-    assert det.n_calibration_ == 75 and det.validation_errors_.shape == (75,)
+    errors = det.calibration_["reconstruction_error"].to_numpy()
+    assert det.n_calibration_ == 75 and errors.shape == (75,)
     assert not det.generator_.training
     assert not any(p.requires_grad for p in det.generator_.parameters())
     # offset_: the fpr-quantile of the clean held-out scores.
-    scores = -det.validation_errors_
+    scores = -errors
     assert det.offset_ == np.quantile(scores, 0.1, method="lower")
     assert np.mean(scores < det.offset_) <= 0.1
     f = det.reconstruction_errors(X)
@@ -146,7 +147,8 @@ def test_recalibrate_moves_the_threshold_to_the_new_fpr(digits_det):
     det = clone(digits_det).set_params(fpr=0.3)
     det.__dict__.update({k: v for k, v in vars(digits_det).items() if k.endswith("_")})
     det.recalibrate()
-    assert det.offset_ == np.quantile(-det.validation_errors_, 0.3, method="lower")
+    errors = det.calibration_["reconstruction_error"].to_numpy()
+    assert det.offset_ == np.quantile(-errors, 0.3, method="lower")
     assert det.offset_ > digits_det.offset_
 
 

@@ -123,7 +123,7 @@ def test_fitted_attributes(digits_det, digits_small):
 
 def test_thresholds_at_the_drop_rate(digits_det):
     det = digits_det
-    errors = det.validation_errors_
+    errors = det.calibration_
     assert isinstance(errors, pd.DataFrame) and len(errors) == det.n_calibration_
     n = len(errors)
     for name in ("I", "II"):
@@ -162,7 +162,7 @@ def test_strict_drop_rate_rejects_no_validation_image(digits_small):
     det = MagNetDetector(validation_fraction=0.1, **FAST).fit(X)
     for name in ("I", "II"):
         assert det.thresholds_.loc[name, "threshold"] == \
-            det.validation_errors_[f"error_{name}"].max()
+            det.calibration_[f"error_{name}"].max()
 
 
 @pytest.mark.parametrize("only", ["I", "II"])

@@ -97,7 +97,7 @@ def test_layers_are_summed_standardised(digits_small, small_victim):
     det = MahalanobisDetector(small_victim, feature_layer=TWO_LAYERS, **FAST).fit(X)
     frame = det.reconstruction_errors(X[:30])
     cols = [f"mahalanobis_{n}" for n in TWO_LAYERS]
-    cal = det.calibration_layer_scores_
+    cal = det.calibration_[[f"mahalanobis_{n}" for n in det.feature_layers_]].to_numpy()
     z = (frame[cols].to_numpy() - cal.mean(0)) / cal.std(0)
     np.testing.assert_allclose(frame["score"], z.sum(1), rtol=1e-5, atol=1e-4)
     # Each column is the single-layer detector's score.
