@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from advdetect import CMAGDetector, DAFARDetector
-from advdetect.base import default_feature_layer, skip_training
+from advdetect.base import default_feature_layer, seeded
 from advdetect.models import CIFARCNN, MNISTCNN, BasicBlock, ResNet18, SmallCNN
 from advdetect.nn.decoders import (FeedbackDecoder, MirrorBlock, MirrorError,
                                    plan_mirror_decoder, trace_encoder)
@@ -201,12 +201,20 @@ def test_fallback_names_the_module_and_the_call_and_what_to_pass():
 
 # --------------------------------------------------------------------------- sizes
 def _build(cls, net, shape, n=2, **params):
-    """Build a detector's networks as fit does, without training (cheap at any size)."""
+    """Build a detector's networks from fit's shapes, untrained (cheap at any size).
+
+    fit's first stages (validation, then ``_prepare``: the classifier copy, the
+    feature layer and its shape), then ``_build()``, what ``load`` fills with
+    saved weights; seeded, so equal designs get equal initial weights.
+    """
     X = np.random.default_rng(0).random((n,) + shape, dtype=np.float32)
     det = cls(net, batch_size=n, device="cpu", random_state=0, **params)
-    with skip_training(), warnings.catch_warnings():
+    with seeded(0), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        det.fit(X)
+        det.device_ = "cpu"
+        X = det._validate_images(X, reset=True)
+        det._prepare(X, None)
+        det._build()
     return det
 
 
