@@ -436,7 +436,11 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 self._prepare(X, y)
                 fit_idx, cal_idx = self._split(X, y, rng)
                 self._train(X, y, fit_idx, cal_idx, rng)
-                self.calibration_ = self._calibration_metrics(X[cal_idx]) \
+                # Every row held out (validation_fraction=0): X itself, not a copy. CPU
+                # kernels round by the memory's alignment, so a copy's metrics could
+                # differ in the last bits from those that score_samples(X) computes.
+                every_row = np.array_equal(cal_idx, np.arange(len(X)))
+                self.calibration_ = self._calibration_metrics(X if every_row else X[cal_idx]) \
                     .set_axis(pd.Index(cal_idx, name="image"), axis=0)
                 self._set_thresholds()
             finally:
@@ -1179,8 +1183,36 @@ def load(path, classifier=None, *, device=None, strict=True):
 
     ``advdetect.load(path, classifier)`` is ``BaseDetector.load(path,
     classifier)``: the file names its detector class. See
-    :meth:`BaseDetector.load` for the parameters, the errors and the checks
-    of ``classifier``.
+    :meth:`BaseDetector.load` for the checks of ``classifier``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        A file written by :meth:`BaseDetector.save`, or a readable binary file
+        object holding one.
+    classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
+        The protected classifier, as given at construction (checked against
+        the saved digest of its weights); not needed by
+        :class:`~advdetect.MagNetDetector`.
+    device : str or None, default=None
+        ``None``: the saved ``device`` parameter (CUDA falls back to the CPU,
+        with a warning, where it is absent).
+    strict : bool, default=True
+        Refuse a classifier whose weights or layers differ from the one
+        fitted; ``False`` warns instead.
+
+    Returns
+    -------
+    detector
+        The fitted detector, of the class the file names.
+
+    Raises
+    ------
+    ValueError
+        When the file is not an advdetect detector file (or of another format
+        version, or fails its digest check), or ``classifier`` does not match.
+    TypeError
+        When the detector needs a classifier and none is given.
 
     Examples
     --------
