@@ -170,8 +170,10 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         Seed of the starting points, N(0, I / latent_dim) as the authors'
         code; the same L points start every image's search, so an image's
         score does not depend on the images scored beside it.
-    validation_errors_ : ndarray of shape (n_calibration,), float64
-        ``||G(z*) - x||^2`` of the ``n_calibration_`` clean held-out images.
+    calibration_ : pandas.DataFrame
+        Column ``"reconstruction_error"``, float64: ``||G(z*) - x||^2`` of the
+        ``n_calibration_`` clean held-out images, indexed by their positions in
+        ``fit``'s (clean) ``X`` (index name ``"image"``).
     n_calibration_ : int
         Number of clean held-out images the threshold was learned on.
     offset_ : float
