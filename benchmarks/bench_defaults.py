@@ -170,7 +170,7 @@ def collect(dataset, victim_kind, args, log):
     t0 = time.perf_counter()
     cmag = CMAGDetector(frozen, random_state=args.seed, **epochs).fit(X_tr)
     facts["cmag_fit_seconds"] = time.perf_counter() - t0
-    out["CMAG"] = dict(cal=cmag.calibration_metrics_[cmag_cols].reset_index(drop=True),
+    out["CMAG"] = dict(cal=cmag.calibration_[cmag_cols].reset_index(drop=True),
                        clean=cmag.reconstruction_errors(X_te)[cmag_cols],
                        adv={s: cmag.reconstruction_errors(x)[cmag_cols] for s, x in adv.items()})
     log(f"{dataset}/{victim_kind}: CMAG fitted in {facts['cmag_fit_seconds']:.0f} s")
@@ -185,9 +185,10 @@ def collect(dataset, victim_kind, args, log):
         return pd.DataFrame({"anomaly_score": f["anomaly_score"], "dafar_l2": f["l2"],
                              "confidence": _logit_confidence(victim, X)})
 
-    cal_X = X_tr[dafar.calibration_indices_]
-    out["DAFAR"] = dict(cal=pd.DataFrame({"anomaly_score": dafar.calibration_anomaly_scores_,
-                                          "dafar_l2": dafar.calibration_l2_,
+    cal = dafar.calibration_
+    cal_X = X_tr[cal.index.to_numpy()]
+    out["DAFAR"] = dict(cal=pd.DataFrame({"anomaly_score": cal["anomaly_score"].to_numpy(),
+                                          "dafar_l2": cal["l2"].to_numpy(),
                                           "confidence": _logit_confidence(victim, cal_X)}),
                         clean=dafar_frame(X_te), adv={s: dafar_frame(x) for s, x in adv.items()})
     # DAFAR's threshold today (mean + 3 sigma), for the threshold-rule table.
