@@ -44,6 +44,7 @@ CASES = {
     "BinaryClassifierDetector": (lambda v: advdetect.BinaryClassifierDetector(v, fpr=0.05,
                                                                               **TRAINED),
                                  "fpr", 0.2),
+    "MaxSoftmaxDetector": (lambda v: advdetect.MaxSoftmaxDetector(v, **COMMON), "fpr", 0.2),
 }
 
 
