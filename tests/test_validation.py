@@ -23,7 +23,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from advdetect import (CMAGDetector, DAFARDetector, DefenseGANDetector, FeatureSqueezingDetector,
-                       MagNetDetector, MahalanobisDetector)
+                       MagNetDetector, MahalanobisDetector, MaxSoftmaxDetector)
 from advdetect.models import MNISTCNN, SmallCNN
 
 SHAPE = (1, 8, 8)
@@ -34,12 +34,13 @@ FAST = {
     FeatureSqueezingDetector: {},
     DefenseGANDetector: dict(max_epochs=1, width=4, latent_dim=4, n_restarts=2, n_steps=3),
     MahalanobisDetector: dict(fpr=0.05),
+    MaxSoftmaxDetector: dict(fpr=0.05),
 }
 #: Detectors these tests cannot fit on clean images alone, with the reason.
 SUPERVISED = {"BinaryClassifierDetector": "fit needs clean and adversarial rows (y = +1/-1); "
                                           "its validation is tested in test_binary.py"}
 DETECTORS = list(FAST)
-MODEL_AWARE = [CMAGDetector, DAFARDetector, FeatureSqueezingDetector]
+MODEL_AWARE = [CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MaxSoftmaxDetector]
 NO_CLASSIFIER = ("MagNet and Defense-GAN are model-agnostic: they never read the classifier "
                  "(test_magnet.py::test_classifier_is_ignored)")
 
