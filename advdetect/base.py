@@ -473,7 +473,13 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         if not cls.PAPER_PARAMS:
             raise NotImplementedError(f"{cls.__name__} has no paper recipe: construct it "
                                       "with its parameters.")
-        return cls(classifier, **{**cls.PAPER_PARAMS, **params})
+        recipe = {**cls.PAPER_PARAMS, **params}
+        if "classifier" in cls._get_param_names():
+            return cls(classifier, **recipe)
+        if classifier is not None:
+            raise TypeError(f"{cls.__name__} is model-agnostic and takes no classifier: call "
+                            f"{cls.__name__}.paper(**params).")
+        return cls(**recipe)
 
     # ------------------------------------------------------ the fit's hooks
     def _check_fit_labels(self, y, n):
@@ -967,7 +973,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             architecture and weights, checked against ``classifier_digest_``);
             the detector's saved copy of its weights is loaded into a new
             copy, and the object passed in is not modified. Not needed by
-            :class:`~advdetect.MagNetDetector`.
+            :class:`~advdetect.MagNetDetector` and :class:`~advdetect.DefenseGANDetector`, which take none (it is ignored).
         device : str or None, default=None
             ``None``: the saved ``device`` parameter, resolved by
             :func:`resolve_device` (a detector fitted on CUDA loads onto the
@@ -1107,8 +1113,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"the file stores parameters {unknown} that {cls.__name__} does "
                              "not have (it was saved by another version of advdetect).")
         self = cls()
-        self.set_params(classifier=classifier,
-                        **{k: _persistence.decode(v, tensors) for k, v in params.items()})
+        self.set_params(**{k: _persistence.decode(v, tensors) for k, v in params.items()})
+        if "classifier" in cls._get_param_names():
+            self.set_params(classifier=classifier)
         for name, spec in values.items():
             if name not in self._values():
                 raise ValueError(f"malformed advdetect header: {cls.__name__} has no fitted "

@@ -102,7 +102,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
     closely; an adversarial perturbation lies off it, so the reconstruction
     error ``||G(z*) - x||_2^2`` grows (Section 3.5, the detection rule).
     :meth:`transform` returns ``G(z*)``, the purified input the paper hands
-    to the classifier. Model-agnostic like MagNet: the classifier is not read.
+    to the classifier. Model-agnostic like MagNet: it takes no classifier.
 
     The GAN is the authors' WGAN-GP (Gulrajani et al. 2017: the Wasserstein
     loss with a gradient penalty instead of weight clipping), which is also
@@ -112,9 +112,6 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
 
     Parameters
     ----------
-    classifier : object, default=None
-        Ignored: accepted so that every detector shares the signature
-        ``Detector(classifier, **params)``. Defense-GAN never reads it.
     n_restarts : int, default=4
         L, random restarts of the latent search (the paper's MNIST: 10).
     n_steps : int, default=50
@@ -247,7 +244,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
                         batch_size=50, lr=1e-4)
 
     _parameter_constraints = {
-        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+        **BaseDetector._shared_constraints("validation_fraction", "input_shape",
                                            "input_range", "max_epochs", "batch_size", "lr",
                                            "optimizer", "device", "random_state", "verbose"),
         # The counts refuse bools too: _check_params.
@@ -263,12 +260,11 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         "fpr": [Interval(numbers.Real, 0, 1, closed="left")],
     }
 
-    def __init__(self, classifier=None, *, n_restarts=4, n_steps=50, search_lr=10.0,
+    def __init__(self, *, n_restarts=4, n_steps=50, search_lr=10.0,
                  search_momentum=0.7, latent_dim=32, width=8, critic_iters=5,
                  gradient_penalty=10.0, fpr=0.01, validation_fraction=0.1, input_shape=None,
                  input_range=(0.0, 1.0), max_epochs=30, batch_size=64, lr=5e-4,
                  optimizer=torch.optim.Adam, device="auto", random_state=None, verbose=0):
-        self.classifier = classifier
         self.n_restarts = n_restarts
         self.n_steps = n_steps
         self.search_lr = search_lr
@@ -290,7 +286,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         self.verbose = verbose
 
     @classmethod
-    def paper(cls, classifier=None, **params):
+    def paper(cls, **params):
         """A detector with the paper's MNIST recipe (the authors' code's settings).
 
         L = 10 restarts of R = 200 steps (step 10, momentum 0.7), latent size
@@ -300,9 +296,8 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
 
         Parameters
         ----------
-        classifier : ignored
         **params
-            Any other constructor parameter (they override the recipe).
+            Any constructor parameter (they override the recipe).
 
         Returns
         -------
@@ -316,7 +311,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         >>> det.n_restarts, det.n_steps, det.latent_dim, det.max_epochs
         (10, 200, 128, 5)
         """
-        return super().paper(classifier, **params)
+        return super().paper(**params)
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):

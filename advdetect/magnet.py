@@ -86,14 +86,10 @@ class MagNetDetector(TransformerMixin, BaseDetector):
     :meth:`transform` returns its reconstruction, which moves an input back
     towards the clean manifold before it reaches the classifier.
 
-    MagNet is model-agnostic: nothing here reads the classifier.
+    MagNet is model-agnostic: it takes no classifier.
 
     Parameters
     ----------
-    classifier : object, default=None
-        Ignored. Accepted so that every detector in advdetect shares the
-        signature ``Detector(classifier, **params)`` in benchmarks and
-        pipelines; MagNet's autoencoders never see the classifier.
     detectors : sequence of {"I", "II"}, default=("I", "II")
         Detectors to train and use. I: the autoencoder with one average-pooling
         level, scored with p = 2; II: three convolutions at full resolution,
@@ -223,7 +219,7 @@ class MagNetDetector(TransformerMixin, BaseDetector):
     """
 
     _parameter_constraints = {
-        **BaseDetector._shared_constraints("classifier", "validation_fraction", "input_shape",
+        **BaseDetector._shared_constraints("validation_fraction", "input_shape",
                                            "input_range", "max_epochs", "batch_size", "lr",
                                            "optimizer", "device", "random_state", "verbose"),
         # Its contents, a non-empty selection without repeats: _check_params.
@@ -234,11 +230,10 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         "activity_l2": [Interval(numbers.Real, 0, None, closed="both")],
     }
 
-    def __init__(self, classifier=None, *, detectors=_DETECTORS, drop_rate=0.001,
+    def __init__(self, *, detectors=_DETECTORS, drop_rate=0.001,
                  validation_fraction=0.1, noise_std=0.1, activity_l2=1e-9, input_shape=None,
                  input_range=(0.0, 1.0), max_epochs=10, batch_size=32, lr=1e-2,
                  optimizer=torch.optim.Adam, device="auto", random_state=None, verbose=0):
-        self.classifier = classifier
         self.detectors = detectors
         self.drop_rate = drop_rate
         self.validation_fraction = validation_fraction

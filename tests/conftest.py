@@ -71,3 +71,10 @@ def fgsm(module, X, y, eps):
     loss = torch.nn.functional.cross_entropy(module(x), torch.as_tensor(y))
     (grad,) = torch.autograd.grad(loss, x)
     return (x + eps * grad.sign()).clamp(0, 1).detach().numpy()
+
+
+def build(cls, classifier=None, **params):
+    """``cls(classifier, **params)``; a model-agnostic detector (MagNet, Defense-GAN) takes none."""
+    if "classifier" not in cls._get_param_names():
+        return cls(**params)
+    return cls(classifier, **params)

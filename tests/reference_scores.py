@@ -41,7 +41,7 @@ def detectors(victim):
         "magnet": ad.MagNetDetector(**trained),
         "squeeze": ad.FeatureSqueezingDetector(victim, **common),
         "mahalanobis": ad.MahalanobisDetector(victim, **common),
-        "defensegan": ad.DefenseGANDetector(victim, n_restarts=2, n_steps=5, **trained),
+        "defensegan": ad.DefenseGANDetector(n_restarts=2, n_steps=5, **trained),
         "binary": ad.BinaryClassifierDetector(victim, **trained),
     }
 

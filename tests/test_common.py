@@ -71,6 +71,8 @@ def _tabular(det_cls, **params):
                        MaxSoftmaxDetector):  # nothing to train
         base["max_epochs"] = 2
     base.update(params)
+    if "classifier" not in det_cls._get_param_names():  # model-agnostic: MagNet, Defense-GAN
+        return det_cls(**base)
     return det_cls(AnyWidthMLP(), **base)
 
 

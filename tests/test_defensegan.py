@@ -193,11 +193,16 @@ def test_pickle_round_trip(digits_det, digits_small):
     np.testing.assert_array_equal(again.transform(X[:5]), digits_det.transform(X[:5]))
 
 
-def test_classifier_is_ignored(digits_small):
-    X, _ = digits_small
-    a = DefenseGANDetector(SmallCNN(), **TINY).fit(X[:100]).score_samples(X[:10])
-    b = DefenseGANDetector(**TINY).fit(X[:100]).score_samples(X[:10])
-    np.testing.assert_array_equal(a, b)
+def test_defensegan_takes_no_classifier():
+    """Model-agnostic: no classifier parameter to be silently ignored (issue 17)."""
+    assert "classifier" not in DefenseGANDetector().get_params()
+    with pytest.raises(TypeError):
+        DefenseGANDetector(SmallCNN())
+    with pytest.raises(TypeError):
+        DefenseGANDetector.paper(SmallCNN())
+    with pytest.raises(TypeError, match="model-agnostic and takes no classifier"):
+        DefenseGANDetector.paper(classifier=SmallCNN())
+    assert DefenseGANDetector.paper(max_epochs=3).n_steps == 200
 
 
 def test_paper_recipe():

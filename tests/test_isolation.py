@@ -19,8 +19,11 @@ from advdetect import CMAGDetector, DAFARDetector, FeatureSqueezingDetector, Mag
 from advdetect.defence import DetectAndPurify
 from advdetect.models import SmallCNN
 
+from .conftest import build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(device="cpu", random_state=0)
+
 DETECTORS = {
     "cmag": (CMAGDetector, dict(max_epochs=1, width=4)),
     "dafar": (DAFARDetector, dict(max_epochs=1, anomaly_max_epochs=1)),
@@ -37,7 +40,7 @@ def _images(n=40, seed=0):
 
 def _make(name, classifier, **params):
     cls, defaults = DETECTORS[name]
-    return cls(classifier, **{**defaults, **FAST, **params})
+    return build(cls, classifier, **{**defaults, **FAST, **params})
 
 
 def _run(script, *args):

@@ -39,7 +39,7 @@ CASES = {
     "FeatureSqueezingDetector": (lambda v: advdetect.FeatureSqueezingDetector(v, **COMMON),
                                  "fpr", 0.2),
     "MahalanobisDetector": (lambda v: advdetect.MahalanobisDetector(v, **COMMON), "fpr", 0.2),
-    "DefenseGANDetector": (lambda v: advdetect.DefenseGANDetector(v, n_restarts=2, n_steps=5,
+    "DefenseGANDetector": (lambda v: advdetect.DefenseGANDetector(n_restarts=2, n_steps=5,
                                                                   **TRAINED), "fpr", 0.2),
     "BinaryClassifierDetector": (lambda v: advdetect.BinaryClassifierDetector(v, fpr=0.05,
                                                                               **TRAINED),

@@ -41,14 +41,16 @@ SUPERVISED = {"BinaryClassifierDetector": "fit needs clean and adversarial rows 
                                           "its validation is tested in test_binary.py"}
 DETECTORS = list(FAST)
 MODEL_AWARE = [CMAGDetector, DAFARDetector, FeatureSqueezingDetector, MaxSoftmaxDetector]
-NO_CLASSIFIER = ("MagNet and Defense-GAN are model-agnostic: they never read the classifier "
-                 "(test_magnet.py::test_classifier_is_ignored)")
+NO_CLASSIFIER = ("MagNet and Defense-GAN are model-agnostic: they take no classifier "
+                 "(test_magnet.py::test_magnet_takes_no_classifier)")
 
 
 def _make(cls, classifier=None, **params):
     torch.manual_seed(0)
-    classifier = SmallCNN() if classifier is None else classifier
-    return cls(classifier, device="cpu", random_state=0, **dict(FAST[cls], **params))
+    params = dict(FAST[cls], device="cpu", random_state=0, **params)
+    if "classifier" not in cls._get_param_names():  # model-agnostic: MagNet, Defense-GAN
+        return cls(**params)
+    return cls(SmallCNN() if classifier is None else classifier, **params)
 
 
 @pytest.fixture(scope="module")
