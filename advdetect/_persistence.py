@@ -6,7 +6,7 @@ What a detector's state *is* is decided by :class:`advdetect.base.BaseDetector`
 
 **The file.** One `safetensors <https://huggingface.co/docs/safetensors>`_
 file. Its tensors are the state dicts of the detector's networks
-(``"network/fmr_/net.0.weight"``), the columns of its calibration metrics
+(``"network/feature_map_reconstructor_/net.0.weight"``), the columns of its calibration metrics
 (``"calibration/ssim_fmr"``) and its numeric fitted arrays
 (``"value/logistic_coef_"``). Its string metadata holds, under the key
 ``"advdetect"``, one JSON header:

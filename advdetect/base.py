@@ -972,8 +972,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             The protected classifier, as given at construction (the same
             architecture and weights, checked against ``classifier_digest_``);
             the detector's saved copy of its weights is loaded into a new
-            copy, and the object passed in is not modified. Not needed by
-            :class:`~advdetect.MagNetDetector` and :class:`~advdetect.DefenseGANDetector`, which take none (it is ignored).
+            copy, and the object passed in is not modified. Ignored for
+            :class:`~advdetect.MagNetDetector` and
+            :class:`~advdetect.DefenseGANDetector`, which take none.
         device : str or None, default=None
             ``None``: the saved ``device`` parameter, resolved by
             :func:`resolve_device` (a detector fitted on CUDA loads onto the

@@ -139,8 +139,9 @@ class CMAGDetector(BaseDetector):
         Relaxation of Algorithm 2. The SSIM threshold is this quantile of the
         clean calibration SSIMs, the L2 threshold the (1 - q) quantile of
         the clean L2 errors (and the confidence threshold the q quantile of the
-        clean margins); each test flags about a fraction q of clean data. ``0`` is the paper's rule (minimum SSIM, maximum
-        L2), which single outliers set: a measurement (DESIGN.md) gave 0 %
+        clean margins); each test flags about a fraction q of clean data.
+        ``0`` is the paper's rule (minimum SSIM, maximum L2), which single
+        outliers set: a measurement (DESIGN.md) gave 0 %
         clean false positives but at most 63 % detection on FGSM 0.3, against
         about 1 % false positives and >= 98 % detection at 0.01.
     validation_fraction : float in [0, 1), default=0.2
@@ -193,7 +194,7 @@ class CMAGDetector(BaseDetector):
     classifier_layout_ : tuple of str
         ``"name: ClassName"`` of every submodule of that classifier, checked
         by ``load`` too (a ReLU swapped for a Tanh has the same weights).
-    fmr_, lr_, gr_ : torch.nn.Module
+    feature_map_reconstructor_, logit_reconstructor_, global_reconstructor_ : torch.nn.Module
         The trained reconstructors.
     calibration_ : pandas.DataFrame
         SSIM and L2 of every stage on the held-out clean calibration images.
@@ -352,7 +353,8 @@ class CMAGDetector(BaseDetector):
         return super().paper(classifier, **params)
 
     # ------------------------------------------------------------------ fit
-    _networks = ("classifier_", "fmr_", "lr_", "gr_")
+    _networks = ("classifier_", "feature_map_reconstructor_", "logit_reconstructor_",
+                 "global_reconstructor_")
 
     def _first_order(self, in_features, in_shape):
         """FMR or LR, untrained: the dense design where it is small (the package's own
@@ -375,7 +377,9 @@ class CMAGDetector(BaseDetector):
                                          image_shape=self.image_shape_)
 
     def _build(self):
-        self.fmr_, self.lr_, self.gr_ = self._build_fmr(), self._build_lr(), self._build_gr()
+        self.feature_map_reconstructor_ = self._build_fmr()
+        self.logit_reconstructor_ = self._build_lr()
+        self.global_reconstructor_ = self._build_gr()
 
     def _train(self, X, y, fit_idx, cal_idx, rng):
         """Algorithm 1: the first-order reconstructors, then GR on their frozen outputs.
@@ -391,11 +395,13 @@ class CMAGDetector(BaseDetector):
                                 detector=self,
                                 criterion_kwargs=dict(mu=mu, data_range=self._data_range))
 
-        self.fmr_ = fit_stage("CMAG FMR", self._build_fmr(), feats, self.mu_fmr)
-        self.lr_ = fit_stage("CMAG LR", self._build_lr(), soft, self.mu_lr)
-        h = batched(lambda f, s: self._combine(self.fmr_(f), self.lr_(s)), (feats, soft),
+        self.feature_map_reconstructor_ = fit_stage("CMAG FMR", self._build_fmr(), feats,
+                                                    self.mu_fmr)
+        self.logit_reconstructor_ = fit_stage("CMAG LR", self._build_lr(), soft, self.mu_lr)
+        h = batched(lambda f, s: self._combine(self.feature_map_reconstructor_(f),
+                                               self.logit_reconstructor_(s)), (feats, soft),
                     self.batch_size, self.device_)
-        self.gr_ = fit_stage("CMAG GR", self._build_gr(), h, self.mu_gr)
+        self.global_reconstructor_ = fit_stage("CMAG GR", self._build_gr(), h, self.mu_gr)
 
     def _calibration_metrics(self, X_cal):
         # Every stage's SSIM and L2 and the confidence (Algorithm 2's inputs), so
@@ -477,11 +483,11 @@ class CMAGDetector(BaseDetector):
         """The reconstructions of ``stages`` (GR needs FMR's and LR's)."""
         recs = {}
         if "fmr" in stages or "gr" in stages:
-            recs["fmr"] = self.fmr_(feats)
+            recs["fmr"] = self.feature_map_reconstructor_(feats)
         if "lr" in stages or "gr" in stages:
-            recs["lr"] = self.lr_(soft)
+            recs["lr"] = self.logit_reconstructor_(soft)
         if "gr" in stages:
-            recs["gr"] = self.gr_(self._combine(recs["fmr"], recs["lr"]))
+            recs["gr"] = self.global_reconstructor_(self._combine(recs["fmr"], recs["lr"]))
         return recs
 
     def _stage_metrics(self, xb, feats, soft, stages=_STAGES):

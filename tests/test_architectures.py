@@ -224,16 +224,19 @@ def test_own_victims_keep_the_dense_reconstructors():
                             (CIFARCNN(), (3, 32, 32), 1_330_723)]:
         auto = _build(CMAGDetector, net, shape)
         dense = _build(CMAGDetector, net, shape, reconstructor="dense")
-        assert type(auto.fmr_) is VectorToImageDecoder and type(auto.lr_) is VectorToImageDecoder
-        assert _params(auto.fmr_) == fmr
-        for a, b in zip(auto.fmr_.state_dict().values(), dense.fmr_.state_dict().values()):
+        assert type(auto.feature_map_reconstructor_) is VectorToImageDecoder
+        assert type(auto.logit_reconstructor_) is VectorToImageDecoder
+        assert _params(auto.feature_map_reconstructor_) == fmr
+        for a, b in zip(auto.feature_map_reconstructor_.state_dict().values(),
+                        dense.feature_map_reconstructor_.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         feats = int(np.prod(auto.feature_shape_))
         assert dense_projection_weights(feats, shape) <= DENSE_MAX_WEIGHTS
         dafar = _build(DAFARDetector, net, shape, decoder="dense")
         assert dafar.decoder_kind_ == "dense"
     conv = _build(CMAGDetector, MNISTCNN(), (1, 28, 28), reconstructor="conv")
-    assert type(conv.fmr_) is ConvImageDecoder and _params(conv.fmr_) < 200_000
+    assert type(conv.feature_map_reconstructor_) is ConvImageDecoder
+    assert _params(conv.feature_map_reconstructor_) < 200_000
 
 
 def test_resnet18_at_224_every_owned_network_under_20m_parameters():
@@ -242,7 +245,8 @@ def test_resnet18_at_224_every_owned_network_under_20m_parameters():
     shape = (3, 224, 224)
     cmag = _build(CMAGDetector, net, shape)
     assert cmag.feature_layer_ == "layer4.1" and cmag.feature_shape_ == (512, 7, 7)
-    assert type(cmag.fmr_) is ConvImageDecoder and type(cmag.lr_) is ConvImageDecoder
+    assert type(cmag.feature_map_reconstructor_) is ConvImageDecoder
+    assert type(cmag.logit_reconstructor_) is ConvImageDecoder
     mirror = _build(DAFARDetector, net, shape)
     assert mirror.decoder_kind_ == "mirror"
     # The fallback from a layer that cannot be mirrored: convolutional, not 2.5 G weights.
@@ -264,7 +268,7 @@ def test_resnet18_at_224_fits_and_scores_quickly():
         dafar = DAFARDetector(net, anomaly_max_epochs=1, **params).fit(X)
     cmag = CMAGDetector(net, validation_fraction=0.5, **params).fit(X)
     assert dafar.decoder_kind_ == "mirror" and dafar.feature_layer_ == "layer4.1"
-    assert type(cmag.fmr_) is ConvImageDecoder
+    assert type(cmag.feature_map_reconstructor_) is ConvImageDecoder
     for det in (dafar, cmag):
         assert np.isfinite(det.score_samples(X)).all()
     assert cmag.reconstruct(X[:2], stage="gr").shape == (2, 3, 224, 224)

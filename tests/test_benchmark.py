@@ -67,7 +67,7 @@ def test_variants_share_networks_and_leave_the_detector_alone(digits_small, smal
     variants = _variants("CMAG", cmag)
     paper = variants["CMAG (paper)"]
     assert (paper.stage, paper.criterion, paper.threshold_quantile) == ("gr", "both", 0.0)
-    assert paper.gr_ is cmag.gr_ and paper.threshold_ssim_ == \
+    assert paper.global_reconstructor_ is cmag.global_reconstructor_ and paper.threshold_ssim_ == \
         cmag.calibration_["ssim_gr"].min()
     assert variants["CMAG fmr ssim"].confidence_test is False
     assert cmag.stage == "fmr" and cmag.thresholds_.equals(before)

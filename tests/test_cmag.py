@@ -47,7 +47,7 @@ def test_fitted_attributes(digits_det, digits_small):
               + np.minimum((conf - det.confidence_threshold_) / det.confidence_scale_,
                            (det.confidence_upper_threshold_ - conf) / det.confidence_upper_scale_))
     assert det.offset_ == pytest.approx(np.quantile(summed, 0.01, method="lower"))
-    for name in ("fmr_", "lr_", "gr_"):
+    for name in ("feature_map_reconstructor_", "logit_reconstructor_", "global_reconstructor_"):
         assert not getattr(det, name).training
 
 
@@ -141,7 +141,9 @@ def test_recalibrate_matches_a_refit(digits_small, small_victim):
 def test_scoring_runs_only_the_scored_stage(digits_det, digits_small):
     X, _ = digits_small
     calls = {"fmr": 0, "lr": 0, "gr": 0}
-    hooks = [getattr(digits_det, f"{s}_").register_forward_hook(
+    networks = {"fmr": "feature_map_reconstructor_", "lr": "logit_reconstructor_",
+                "gr": "global_reconstructor_"}
+    hooks = [getattr(digits_det, networks[s]).register_forward_hook(
         lambda *a, s=s: calls.__setitem__(s, calls[s] + 1)) for s in calls]
     try:
         digits_det.score_samples(X[:10])

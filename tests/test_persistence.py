@@ -554,7 +554,7 @@ def test_edited_weights_are_refused(cmag_file, small_victim, tmp_path):
     with safe_open(cmag_file, framework="pt", device="cpu") as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    key = next(k for k in sorted(tensors) if k.startswith("network/fmr_/"))
+    key = next(k for k in sorted(tensors) if k.startswith("network/feature_map_reconstructor_/"))
     tensors[key] = tensors[key] + 1e-3
     path = tmp_path / "edited.safetensors"
     save_file(tensors, path, metadata=metadata)
@@ -733,18 +733,22 @@ def test_optimizer_is_resolved_only_from_torch_optim(optimizer, cmag_file, small
 def test_saved_weights_that_do_not_fit_the_network_are_refused(cmag_file, small_victim,
                                                                tmp_path):
     def drop_one(tensors):
-        del tensors[next(k for k in sorted(tensors) if k.startswith("network/fmr_/"))]
+        del tensors[next(k for k in sorted(tensors)
+                         if k.startswith("network/feature_map_reconstructor_/"))]
 
     path = _rewrite(cmag_file, tmp_path / "missing.safetensors", edit_tensors=drop_one)
-    with pytest.raises(ValueError, match="the saved weights of fmr_ do not fit the network"):
+    with pytest.raises(ValueError, match="the saved weights of feature_map_reconstructor_ do "
+                                         "not fit the network"):
         load(path, classifier=_same_victim(small_victim))
 
     def reshape_one(tensors):
-        key = next(k for k in sorted(tensors) if k.startswith("network/fmr_/"))
+        key = next(k for k in sorted(tensors)
+                   if k.startswith("network/feature_map_reconstructor_/"))
         tensors[key] = torch.zeros((3,) + tuple(tensors[key].shape))
 
     path = _rewrite(cmag_file, tmp_path / "shape.safetensors", edit_tensors=reshape_one)
-    with pytest.raises(ValueError, match="the saved weights of fmr_ do not fit the network"):
+    with pytest.raises(ValueError, match="the saved weights of feature_map_reconstructor_ do "
+                                         "not fit the network"):
         load(path, classifier=_same_victim(small_victim))
 
 
