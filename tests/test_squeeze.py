@@ -15,13 +15,8 @@ from advdetect.squeeze import (SQUEEZER_PRESETS, FeatureSqueezingDetector, bit_d
 from .conftest import fgsm, invalid_parameter
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small networks: on a busy 2-core machine intra-op threads slow them down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Small networks: on a busy 2-core machine intra-op threads slow them down.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from advdetect.base import _REGISTRY, BaseDetector
 
 from .conftest import fgsm
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*needs at least")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*needs at least"),
+              pytest.mark.usefixtures("one_torch_thread")]  # small networks: one thread
 
 COMMON = dict(device="cpu", random_state=0, batch_size=64)
 TRAINED = dict(COMMON, max_epochs=1)
@@ -48,13 +49,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small networks: on a busy 2-core machine intra-op threads slow them down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
