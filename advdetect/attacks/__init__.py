@@ -730,12 +730,7 @@ def _detector_decision(detector):
     def evaded(x_adv, batch_size, device):
         if hasattr(detector, "predict") and hasattr(detector, "to_torch"):
             return np.asarray(detector.predict(x_adv)) == 1
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(x_adv), batch_size):
-                xb = torch.as_tensor(x_adv[start:start + batch_size], device=device)
-                out.append(module(xb).cpu().numpy() >= 0)
-        return np.concatenate(out)
+        return batched(module, x_adv, batch_size, device) >= 0
     return module, evaded
 
 
