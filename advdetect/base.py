@@ -66,6 +66,9 @@ _CLASSIFIER_VALUES = ("feature_layer_", "classifier_output_", "n_classes_", "fea
                       "classifier_digest_", "classifier_layout_")
 # Every detector class by name (BaseDetector.__init_subclass__), for load.
 _REGISTRY = {}
+# Parameters that change how a fitted detector runs, not what it learned: free to
+# change after fit (recalibrate and save take them as they are).
+_RUNTIME_PARAMS = ("batch_size", "device", "verbose", "random_state")
 
 
 # --------------------------------------------------------------------------- #
@@ -152,6 +155,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         name the base does not declare is a ``KeyError``.
         """
         return {name: BaseDetector._parameter_constraints[name] for name in names}
+
+    # The parameters recalibrate() applies without a refit (thresholds only).
+    _threshold_params = ()
 
     # The fitted torch.nn.Module attributes that load() fills (after _build()).
     _networks = ()
@@ -443,6 +449,7 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                 self.calibration_ = self._calibration_metrics(X if every_row else X[cal_idx]) \
                     .set_axis(pd.Index(cal_idx, name="image"), axis=0)
                 self._set_thresholds()
+                self._record_params()
             finally:
                 vars(self).pop("_fit_input_shape", None)
         return self
@@ -537,11 +544,16 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         ``rate``-quantile, which ``n`` scores resolve only down to ``1 / n``: it
         needs at least ``ceil(1 / rate)`` of them. A strict minimum or maximum
         (``rate`` 0) is passed by about ``1 / (n + 1)`` of new clean images, over
-        1 % below 100 scores. Fewer than ``2`` are refused earlier (by ``fit`` and
-        ``calibrate``); fewer than needed get a ``UserWarning`` that names the
+        1 % below 100 scores. Fewer than ``2`` are refused (``ValueError``);
+        fewer than needed get a ``UserWarning`` that names the
         number needed (and, with ``held_out``, how many images ``fit`` must get
         for its ``validation_fraction`` to hold that many out).
         """
+        if n < MIN_THRESHOLD_SAMPLES:
+            raise ValueError(
+                f"{type(self).__name__}: {rule} would be learned from {n} clean image(s); a "
+                f"threshold needs the spread of at least {MIN_THRESHOLD_SAMPLES}: give "
+                "more clean images (or a larger validation_fraction).")
         needed = MIN_EXTREME_SAMPLES if rate <= 0 else int(np.ceil(1.0 / rate - 1e-9))
         needed = max(needed, 2)
         if n >= needed:
@@ -562,13 +574,24 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             f"nominal rate; {advice}.", UserWarning, stacklevel=_caller_stacklevel())
 
     def _split_calibration(self, X, rng):
-        """Hold out ``validation_fraction`` of X (at least 1 sample each side) for thresholds."""
+        """Hold out ``validation_fraction`` of X for the thresholds: at least 2 images
+        (a spread) and at least 1 left to train on.
+
+        With ``validation_fraction=0``, or 2 images only (then with a warning),
+        the threshold is learned on the training images themselves.
+        """
         frac = getattr(self, "validation_fraction", 0.0)
         n = len(X)
-        n_cal = int(round(frac * n))
-        if frac == 0 or n < 2 or n_cal == 0:
+        if frac == 0 or n < 2:
             return np.arange(n), np.arange(n)
-        n_cal = min(n_cal, n - 1)
+        if n < 3:
+            warnings.warn(
+                f"{type(self).__name__}: {n} clean images cannot be split into a training "
+                f"part and a held-out part of at least 2 (validation_fraction={frac:g}): the "
+                "threshold is learned on the training images themselves; give fit more "
+                "images.", UserWarning, stacklevel=_caller_stacklevel())
+            return np.arange(n), np.arange(n)
+        n_cal = min(max(int(round(frac * n)), 2), n - 1)
         perm = rng.permutation(n)
         return np.sort(perm[n_cal:]), np.sort(perm[:n_cal])
 
@@ -720,10 +743,10 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
         Every fitted detector keeps the raw metrics of its clean calibration
         images (``calibration_``); after ``set_params`` of a threshold
-        parameter (CMAG's ``stage``, ``criterion``, ``threshold_quantile``,
-        ``confidence_test``; DAFAR's ``z``, ``use_anomaly_detector``; MagNet's
-        ``drop_rate``; the ``fpr`` of Feature Squeezing, Mahalanobis and the
-        max-softmax baseline ...) this gives the thresholds that a refit with the
+        parameter (the class's ``_threshold_params``: CMAG's ``stage``,
+        ``criterion``, ``threshold_quantile``, ``confidence_test``, ...; DAFAR's
+        ``z``, ``use_anomaly_detector``, ...; MagNet's ``drop_rate``; the
+        ``fpr`` of the others) this gives the thresholds that a refit with the
         same networks would learn. ``offset_`` is re-learned too (a
         :meth:`calibrate` is undone).
 
@@ -737,12 +760,57 @@ class BaseDetector(OutlierMixin, BaseEstimator):
             When the detector is not fitted.
         sklearn.utils._param_validation.InvalidParameterError
             When a parameter has an invalid type or value.
+        ValueError
+            When a parameter other than a threshold parameter (or ``batch_size``,
+            ``device``, ``verbose``, ``random_state``) was changed since ``fit``:
+            the networks were trained with the old value, and only a refit
+            applies it. The message names the parameters.
         """
         check_is_fitted(self)
         self._validate_params()
         self._check_params()
+        changed = self._changed_params(set(self._threshold_params))
+        if changed:
+            raise ValueError(
+                f"{type(self).__name__}.recalibrate() re-learns thresholds only "
+                f"({', '.join(sorted(self._threshold_params)) or 'none'}); "
+                f"{self._describe_changes(changed)} changed since fit, which needs a refit "
+                "(or set_params back to the fitted values).")
+        self._check_recalibration()
         self._set_thresholds()
+        self._record_params()
         return self
+
+    def _check_recalibration(self):
+        """A ``ValueError`` when the kept calibration cannot serve the current parameters."""
+
+    def _plain_params(self):
+        return {k: v for k, v in self.get_params(deep=False).items() if k != "classifier"}
+
+    def _record_params(self):
+        """Remember the parameters the fitted state now corresponds to (fit, recalibrate, load)."""
+        self._fitted_params = copy.deepcopy(self._plain_params())
+
+    def _changed_params(self, free=()):
+        """``{name: (fitted, now)}`` of the parameters changed since fit, but those in ``free``."""
+        fitted = getattr(self, "_fitted_params", None)
+        if fitted is None:  # a detector pickled before parameters were recorded
+            return {}
+        changed = {}
+        for name, now in self._plain_params().items():
+            if name in free or name in _RUNTIME_PARAMS or name not in fitted:
+                continue
+            try:
+                same = type(now) is type(fitted[name]) and bool(now == fitted[name])
+            except Exception:  # values == cannot compare (arrays): compare identity
+                same = now is fitted[name]
+            if not same:
+                changed[name] = (fitted[name], now)
+        return changed
+
+    @staticmethod
+    def _describe_changes(changed):
+        return ", ".join(f"{k}={now!r} (fitted with {old!r})" for k, (old, now) in changed.items())
 
     def calibrate(self, X, fpr=0.01):
         """Move the threshold to a target false-positive rate on clean images.
@@ -1033,8 +1101,12 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         name = header.get("class")
         target = _REGISTRY.get(name) if isinstance(name, str) else None
         if target is None:
+            hint = ""
+            if isinstance(name, str) and "." in name:
+                hint = (f" If it is your own detector class, import its module "
+                        f"({name.rsplit('.', 1)[0]}) before loading.")
             raise ValueError(f"the file holds a {name!r}, which is not one of the detector "
-                             f"classes advdetect loads: {', '.join(sorted(_REGISTRY))}.")
+                             f"classes advdetect loads: {', '.join(sorted(_REGISTRY))}.{hint}")
         if cls is not BaseDetector and not issubclass(target, cls):
             raise ValueError(f"the file holds a {name}, not a {cls.__name__}; load it with "
                              f"advdetect.load or {name}.load.")
@@ -1075,8 +1147,19 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                                  "strings, tuples, lists, numpy arrays and torch.optim "
                                  "classes.") from None
 
-        params = {k: encode("parameter", k, v)
-                  for k, v in self.get_params(deep=False).items() if k != "classifier"}
+        # The parameters the fitted state corresponds to: a set_params since fit (or
+        # the last recalibrate) has not changed the networks or thresholds.
+        changed = self._changed_params()
+        if changed:
+            warnings.warn(
+                f"{type(self).__name__}: {self._describe_changes(changed)} changed since fit "
+                "and not applied (refit, or recalibrate for a threshold parameter): the file "
+                "stores the parameters the detector was fitted with.", UserWarning,
+                stacklevel=_caller_stacklevel())
+        current = self._plain_params()
+        plain = {**getattr(self, "_fitted_params", current),
+                 **{k: v for k, v in current.items() if k in _RUNTIME_PARAMS}}
+        params = {k: encode("parameter", k, v) for k, v in plain.items()}
         values = {k: encode("fitted value", k, getattr(self, k))
                   for k in self._values() if hasattr(self, k)}
         networks = {}
@@ -1115,6 +1198,9 @@ class BaseDetector(OutlierMixin, BaseEstimator):
                              "not have (it was saved by another version of advdetect).")
         self = cls()
         self.set_params(**{k: _persistence.decode(v, tensors) for k, v in params.items()})
+        self._validate_params()  # the file's digest can be recomputed by anyone
+        self._check_params()
+        self._record_params()
         if "classifier" in cls._get_param_names():
             self.set_params(classifier=classifier)
         for name, spec in values.items():
@@ -1200,8 +1286,8 @@ def load(path, classifier=None, *, device=None, strict=True):
         object holding one.
     classifier : torch.nn.Module, fitted skorch net, or FrozenEstimator, default=None
         The protected classifier, as given at construction (checked against
-        the saved digest of its weights); not needed by
-        :class:`~advdetect.MagNetDetector`.
+        the saved digest of its weights); ignored for the model-agnostic
+        :class:`~advdetect.MagNetDetector` and :class:`~advdetect.DefenseGANDetector`.
     device : str or None, default=None
         ``None``: the saved ``device`` parameter (CUDA falls back to the CPU,
         with a warning, where it is absent).

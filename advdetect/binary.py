@@ -167,6 +167,7 @@ class BinaryClassifierDetector(BaseDetector):
     def _fit_uses_class_labels(self):
         return True  # y's -1 rows are the adversarial training examples, not dropped
 
+    _threshold_params = ("fpr",)
     _networks = ("detector_",)
     _fitted_values = ("n_clean_", "n_adversarial_")
 
@@ -231,6 +232,12 @@ class BinaryClassifierDetector(BaseDetector):
         self.detector_ = ActivationDetector(self.classifier_, head, flatten=flatten) \
             .to(self.device_).eval()
         self.n_clean_, self.n_adversarial_ = n_clean, n_adv
+
+    def _check_recalibration(self):
+        if self.fpr is not None and not len(self.calibration_):
+            raise ValueError(
+                "BinaryClassifierDetector was fitted with fpr=None, which holds no clean images "
+                "out: there is nothing to learn an fpr threshold from. Refit with fpr set.")
 
     def _set_thresholds(self):
         """``offset_``: the ``fpr``-quantile of the held-out clean scores (0 without)."""

@@ -353,6 +353,8 @@ class CMAGDetector(BaseDetector):
         return super().paper(classifier, **params)
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("stage", "criterion", "threshold_quantile", "confidence_test",
+                         "combine_tests", "threshold_rule")
     _networks = ("classifier_", "feature_map_reconstructor_", "logit_reconstructor_",
                  "global_reconstructor_")
 

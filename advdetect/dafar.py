@@ -419,6 +419,8 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         return y
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("z", "use_anomaly_detector", "confidence_test", "combine_tests",
+                         "confidence_quantile")
     # The classifier copy is a part of the feedback autoencoder (its encoder E),
     # saved with it: in joint mode its weights are trained too.
     _networks = ("feedback_autoencoder_", "anomaly_detector_")
@@ -454,8 +456,9 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         self.feedback_autoencoder_ = self._build_feedback_autoencoder(
             self._plan_decoder(self.classifier_, self.decoder_kind_)).to(self.device_).eval()
         self.feedback_decoder_ = self.feedback_autoencoder_.decoder
-        self.anomaly_detector_ = self._build_anomaly_detector().to(self.device_).eval() \
-            if self.use_anomaly_detector else None
+        # Built whatever use_anomaly_detector says now: load sets it to None when the
+        # file holds none (fitted without C).
+        self.anomaly_detector_ = self._build_anomaly_detector().to(self.device_).eval()
 
     def _train(self, X, y, fit_idx, cal_idx, rng):
         joint = self.training == "joint"

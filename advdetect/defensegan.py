@@ -323,6 +323,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
                 raise invalid_parameter(self, name, "an int, not a bool")
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("fpr",)
     _networks = ("generator_",)
     _fitted_values = ("latent_seed_",)
 

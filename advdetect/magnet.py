@@ -268,6 +268,7 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         self._selected_detectors()
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("drop_rate",)
     _networks = ("autoencoders_",)
     _fitted_values = ("detectors_",)
 

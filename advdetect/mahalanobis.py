@@ -286,6 +286,7 @@ class MahalanobisDetector(BaseDetector):
         self._layer_spec()
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("fpr", "combine")
     _networks = ("classifier_", "gaussians_")
     _fitted_values = ("feature_layers_", "covariance_shrinkage_", "noise_magnitude_",
                       "logistic_coef_", "logistic_intercept_")

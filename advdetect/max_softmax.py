@@ -150,6 +150,7 @@ class MaxSoftmaxDetector(BaseDetector):
             raise invalid_parameter(self, "temperature", "a finite float in the range (0, inf)")
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("fpr",)
     _networks = ("classifier_",)
     _fitted_values = ("temperature_",)
 

@@ -285,6 +285,7 @@ class FeatureSqueezingDetector(BaseDetector):
         self._parse_squeezers()
 
     # ------------------------------------------------------------------ fit
+    _threshold_params = ("fpr",)
     _networks = ("classifier_",)
     _fitted_values = ("squeeze_range_",)
 

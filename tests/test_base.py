@@ -79,6 +79,12 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.warns(RuntimeWarning, match="CUDA is not available"):
             assert resolve_device("cuda") == "cpu"
+    if not torch.backends.mps.is_available():
+        with pytest.warns(RuntimeWarning, match="MPS is not available"):
+            assert resolve_device("mps") == "cpu"
+    for wrong in ("gpu", "tpu"):
+        with pytest.raises(ValueError, match=f"device='{wrong}' is not a torch device"):
+            resolve_device(wrong)
 
 
 def test_batched_matches_unbatched():

@@ -63,12 +63,30 @@ class AnyWidthMLP(nn.Module):
         return _rebuild_any_width_mlp, (self.n_classes, state, requires_grad, training)
 
 
+def _contributors_example():
+    """The ``EnergyDetector`` of docs/contributing.rst, defined by running the page's snippet
+    up to its use: the page says such a detector passes every common check."""
+    import pathlib
+
+    from .test_user_guide import snippets
+
+    page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "contributing.rst"
+    (code,) = [c for c in snippets(page) if "class EnergyDetector" in c]
+    import sys
+    import types
+
+    # A module of its own, so that the class pickles (check_estimators_pickle).
+    module = types.ModuleType("tests._contributors_example")
+    sys.modules[module.__name__] = module
+    exec(compile(code.split("\ndet = EnergyDetector(")[0], str(page), "exec"), module.__dict__)
+    return module.EnergyDetector
+
+
 def _tabular(det_cls, **params):
     torch.manual_seed(0)
     base = dict(input_shape="flat", input_range=None, batch_size=32, device="cpu",
                 random_state=0)
-    if det_cls not in (FeatureSqueezingDetector, MahalanobisDetector,
-                       MaxSoftmaxDetector):  # nothing to train
+    if "max_epochs" in det_cls._get_param_names():  # only for detectors that train
         base["max_epochs"] = 2
     base.update(params)
     if "classifier" not in det_cls._get_param_names():  # model-agnostic: MagNet, Defense-GAN
@@ -92,6 +110,8 @@ DETECTORS = [
     # fpr=0.05: as for DAFAR, some of the 300 training points must be flagged.
     _tabular(DefenseGANDetector, width=4, latent_dim=4, n_restarts=2, n_steps=5, fpr=0.05),
     _tabular(MaxSoftmaxDetector),
+    # The contributors' page's example detector: what it promises must hold.
+    _tabular(_contributors_example()),
 ]
 
 # Every check passes; a check that must be declared failing goes here with a
@@ -143,7 +163,8 @@ def test_every_detector_is_checked():
     import advdetect
 
     detectors = {name for name in advdetect.__all__ if name.endswith("Detector")}
-    assert {type(d).__name__ for d in DETECTORS} == detectors
+    ours = {type(d).__name__ for d in DETECTORS if type(d).__module__.startswith("advdetect.")}
+    assert ours == detectors
 
 
 def test_classifier_hash_sees_mutation():

@@ -883,6 +883,23 @@ def test_model_fitted_on_cuda_loads_on_a_cpu_only_machine(name, fitted, data, cl
     assert again.device_ == "cpu" and _network_devices(again) == {"cpu"}
 
 
+def test_parameters_in_the_header_are_validated(cmag_file, small_victim, tmp_path):
+    """The digest can be recomputed by anyone: load validates what it reads."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    path = _rewrite(cmag_file, tmp_path / "q.safetensors",
+                    lambda h: h["params"].update(threshold_quantile=5))
+    with pytest.raises(InvalidParameterError, match="threshold_quantile"):
+        load(path, classifier=_same_victim(small_victim))
+
+
+def test_a_users_class_not_yet_imported_is_named_with_its_module(cmag_file, tmp_path):
+    path = _rewrite(cmag_file, tmp_path / "theirs.safetensors",
+                    lambda h: h.update({"class": "energy.EnergyDetector"}))
+    with pytest.raises(ValueError, match=r"import its module \(energy\) before loading"):
+        load(path)
+
+
 def test_device_cpu_and_auto_load_onto_the_cpu(cmag_file, small_victim, monkeypatch):
     again = load(cmag_file, _same_victim(small_victim), device="cpu")
     assert again.device_ == "cpu" and _network_devices(again) == {"cpu"}

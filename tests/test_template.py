@@ -203,3 +203,72 @@ def test_recalibrate_undoes_calibrate(case, data):
     assert det.offset_ == fitted.offset_
     _assert_same_state(det, fitted, rtol=0)
     np.testing.assert_array_equal(det.decision_function(X_test), before)
+
+
+# --------------------------------------------------------------------------- #
+# What recalibrate and save do with parameters changed after fit (a new user's trial)
+# --------------------------------------------------------------------------- #
+def test_recalibrate_refuses_a_parameter_that_needs_a_refit(data, small_victim):
+    X_fit = data["clean"][0]
+    det = advdetect.CMAGDetector(FrozenEstimator(small_victim), width=4, max_epochs=1,
+                                 device="cpu", random_state=0).fit(X_fit)
+    offset = det.offset_
+    with pytest.raises(ValueError, match=r"width=8 \(fitted with 4\) changed since fit"):
+        det.set_params(width=8).recalibrate()
+    assert det.offset_ == offset
+    det.set_params(width=4, batch_size=7, threshold_quantile=0.05).recalibrate()  # allowed
+
+
+def test_save_stores_the_parameters_the_detector_was_fitted_with(data, small_victim):
+    import io
+
+    X_fit = data["clean"][0]
+    det = advdetect.CMAGDetector(FrozenEstimator(small_victim), width=4, max_epochs=1,
+                                 device="cpu", random_state=0).fit(X_fit)
+    det.set_params(width=8, threshold_quantile=0.2)  # neither applied: no recalibrate
+    buffer = io.BytesIO()
+    with pytest.warns(UserWarning, match="width=8 .* changed since fit and not applied"):
+        det.save(buffer)
+    buffer.seek(0)
+    again = advdetect.load(buffer, FrozenEstimator(small_victim))
+    assert again.width == 4 and again.threshold_quantile == 0.01
+    np.testing.assert_array_equal(again.decision_function(data["test"]), det.decision_function(data["test"]))
+
+
+def test_dafar_saved_after_recalibrating_without_c_loads(data, small_victim):
+    import io
+
+    X_fit = data["clean"][0]
+    det = advdetect.DAFARDetector(FrozenEstimator(small_victim), max_epochs=1,
+                                  anomaly_max_epochs=1, device="cpu", random_state=0).fit(X_fit)
+    det.set_params(use_anomaly_detector=False).recalibrate()
+    buffer = io.BytesIO()
+    det.save(buffer)
+    buffer.seek(0)
+    again = advdetect.load(buffer, FrozenEstimator(small_victim))
+    np.testing.assert_array_equal(again.decision_function(data["test"]), det.decision_function(data["test"]))
+    again.set_params(use_anomaly_detector=True).recalibrate()  # C came along
+
+
+def test_binary_fitted_without_a_hold_out_refuses_an_fpr_recalibration(data):
+    X, y = data["binary"][:2]
+    det = advdetect.BinaryClassifierDetector(max_epochs=1, device="cpu", random_state=0)
+    det.fit(X, y)
+    with pytest.raises(ValueError, match="fitted with fpr=None, which holds no clean"):
+        det.set_params(fpr=0.2).recalibrate()
+
+
+def test_a_threshold_is_never_learned_from_fewer_than_two_images(data, small_victim):
+    X_fit = data["clean"][0]
+    # Three images: two are held out (a spread), one trains.
+    det = advdetect.DAFARDetector(FrozenEstimator(small_victim), max_epochs=1,
+                                  anomaly_max_epochs=1, device="cpu", random_state=0)
+    with pytest.warns(UserWarning, match="needs at least"):
+        det.fit(X_fit[:3])
+    assert len(det.calibration_) == 2
+    # Two images cannot be split: learned on the training images, and said so.
+    with pytest.warns(UserWarning, match="cannot be split"):
+        det.fit(X_fit[:2])
+    assert len(det.calibration_) == 2
+    with pytest.raises(ValueError, match="from 1 clean image"):
+        det._check_threshold_data(1, 0.01, "a rule")

@@ -25,14 +25,20 @@ def resolve_device(device, stacklevel=3):
     Parameters
     ----------
     device : {"auto", "cpu", "cuda"} or str or torch.device
-        ``"cuda"`` on a machine without CUDA falls back to the CPU with a warning,
-        so a model configured on a GPU machine still runs elsewhere.
+        ``"cuda"`` (or ``"mps"``) on a machine without it falls back to the CPU
+        with a warning, so a model configured on a GPU machine still runs
+        elsewhere.
     stacklevel : int, default=3
         The fallback warning's ``stacklevel`` (3: the caller's caller).
 
     Returns
     -------
     str
+
+    Raises
+    ------
+    ValueError
+        When ``device`` is not a torch device string (``"gpu"``, ``"tpu"``).
 
     Examples
     --------
@@ -42,9 +48,16 @@ def resolve_device(device, stacklevel=3):
     device = str(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(f"device={device!r} requested but CUDA is not available; using the CPU.",
-                      RuntimeWarning, stacklevel=stacklevel)
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ValueError(f"device={device!r} is not a torch device: use 'auto', 'cpu', 'cuda' "
+                         f"or 'cuda:N' ({exc})") from None
+    available = {"cuda": torch.cuda.is_available,
+                 "mps": lambda: torch.backends.mps.is_available()}.get(kind)
+    if available is not None and not available():
+        warnings.warn(f"device={device!r} requested but {kind.upper()} is not available; "
+                      "using the CPU.", RuntimeWarning, stacklevel=stacklevel)
         return "cpu"
     return device
 
