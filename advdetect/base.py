@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import BaseEstimator, OutlierMixin, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -34,6 +34,7 @@ from .nn.hooks import (HookedClassifier, _probe, as_logits, batched,  # noqa: F4
 
 __all__ = [
     "BaseDetector",
+    "PurifierMixin",
     "HookedClassifier",
     "resolve_device",
     "unwrap_classifier",
@@ -618,6 +619,14 @@ class BaseDetector(OutlierMixin, BaseEstimator):
         arrays = batched(fn, X, self.batch_size, self.device_)
         arrays = arrays if isinstance(arrays, tuple) else (arrays,)
         return {k: np.asarray(a, dtype=np.float64) for k, a in zip(keys, arrays)}
+
+    def _map_batches(self, X, fn):
+        """``fn`` over validated batches of ``X`` (streamed where needed), fitted networks in
+        eval mode, no grad: the one way ``reconstruct``, ``transform`` and the like read X."""
+        check_is_fitted(self)
+        X = self._stream_images(X)
+        self._eval_mode()
+        return batched(fn, X, self.batch_size, self.device_)
 
     def _forward_batch(self, xb, every=False):
         """Raw per-sample metrics of one batch ``(n, C, H, W)``: ``{name: tensor (n,)}``."""
@@ -1270,6 +1279,39 @@ class BaseDetector(OutlierMixin, BaseEstimator):
 
     def _offset_moved(self):
         """Called when ``offset_`` was set by :meth:`calibrate` or loading; nothing by default."""
+
+
+class PurifierMixin(TransformerMixin):
+    """``transform`` for detectors that purify: the reconstruction in the layout of ``X``.
+
+    For the detectors whose ``reconstruct(X)`` maps inputs back towards the
+    clean data (DAFAR's D(E(x)), Eq. 6; MagNet's reformer; Defense-GAN's
+    G(z*)): put one in a Pipeline in front of a classifier to classify
+    purified inputs.
+    """
+
+    def transform(self, X):
+        """The purified ``X``: ``reconstruct(X)`` in the layout ``X`` was given in.
+
+        Parameters
+        ----------
+        X : array-like of images, numpy.memmap, or torch Dataset or DataLoader
+
+        Returns
+        -------
+        ndarray of shape (n_samples, C, H, W), (n_samples, H, W) for 3-D X, or
+            (n_samples, C*H*W) for 2-D X
+            float32, in ``input_range``: flat rows stay flat and greyscale
+            ``(n, H, W)`` stays 3-D, so that the next step of a Pipeline sees
+            the layout it was given.
+        """
+        return self._in_input_layout(self.reconstruct(X), X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Reconstructions are float32 whatever the input precision.
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
 
 
 def load(path, classifier=None, *, device=None, strict=True):

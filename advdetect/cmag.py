@@ -577,11 +577,5 @@ class CMAGDetector(BaseDetector):
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES} or None (the scored stage), "
                              f"got {stage!r}")
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
-        X = self._stream_images(X)
-        self._eval_mode()
-        return batched(lambda xb: self._reconstructions(*self._classifier_views(xb)[:2],
-                                                        stages=(stage,))[stage],
-                       X, self.batch_size, self.device_)
+        return self._map_batches(X, lambda xb: self._reconstructions(
+            *self._classifier_views(xb)[:2], stages=(stage,))[stage])

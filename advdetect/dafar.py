@@ -11,14 +11,13 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import column_or_1d
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 
-from .base import (BaseDetector, _caller_stacklevel, as_logits, batched, default_feature_layer,
-                   invalid_parameter, logit_margin, train_module)
+from .base import (BaseDetector, PurifierMixin, _caller_stacklevel, as_logits, batched,
+                   default_feature_layer, invalid_parameter, logit_margin, train_module)
 from .nn.decoders import (FeedbackAutoencoder, FeedbackLoss, MirrorError,
                           ReconstructionErrorAutoencoder, plan_mirror_decoder, trace_encoder)
 from .nn.reconstructors import choose_design
@@ -51,7 +50,7 @@ class _FeedbackNet(NeuralNet):
                 yield name, param
 
 
-class DAFARDetector(TransformerMixin, BaseDetector):
+class DAFARDetector(PurifierMixin, BaseDetector):
     """Feedback-autoencoder reconstruction detector of adversarial examples (DAFAR).
 
     The protected classifier's feature-extraction layers are the encoder E; a
@@ -627,13 +626,6 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         return self._combined(metrics["anomaly_score" if use_c else "l2"],
                               metrics["confidence"])
 
-    def _run(self, X, fn):
-        check_is_fitted(self)
-        X = self._stream_images(X)
-        self._eval_mode()
-        return batched(fn, X, self.batch_size, self.device_)
-
-    # --------------------------------------------------------------- extras
     def reconstruct(self, X):
         """The feedback reconstructions D(E(X)), as images.
 
@@ -645,24 +637,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         -------
         ndarray of shape (n_samples, C, H, W), float32
         """
-        return self._run(X, lambda xb: self.feedback_autoencoder_(xb)[0])
-
-    def transform(self, X):
-        """Purify ``X``: its reconstructions D(E(X)) (paper Section 4.3, Eq. 6).
-
-        Parameters
-        ----------
-        X : array-like of images
-
-        Returns
-        -------
-        ndarray of shape (n_samples, C, H, W), (n_samples, H, W) for 3-D X, or
-            (n_samples, C*H*W) for 2-D X
-            float32, in ``input_range``. The layout of ``X`` is kept (the rule
-            every detector's ``transform`` shares), so that the next step of a
-            Pipeline sees the layout it was given.
-        """
-        return self._in_input_layout(self.reconstruct(X), X)
+        return self._map_batches(X, lambda xb: self.feedback_autoencoder_(xb)[0])
 
     def predict_classes(self, X):
         """Class indices from the detector's classifier copy (argmax of its scores).
@@ -677,7 +652,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         -------
         ndarray of shape (n_samples,), int
         """
-        return self._run(X, lambda xb: self.classifier_(xb)[1]).argmax(axis=1)
+        return self._map_batches(X, lambda xb: self.classifier_(xb)[1]).argmax(axis=1)
 
     def _detect_and_purify(self, X):
         """``(decision_function(X), transform(X))`` from one pass."""
@@ -688,7 +663,7 @@ class DAFARDetector(TransformerMixin, BaseDetector):
             keys[:] = list(metrics)
             return (recon,) + tuple(metrics.values())
 
-        recon, *values = self._run(X, fn)
+        recon, *values = self._map_batches(X, fn)
         return self._scores_of(dict(zip(keys, values))) - self.offset_, recon
 
     def calibrate(self, X, fpr=0.01):
@@ -723,8 +698,3 @@ class DAFARDetector(TransformerMixin, BaseDetector):
         if self.scores_with_tests_[0] == "off":
             self.threshold_ = -self.offset_
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # Reconstructions are float32 whatever the input precision.
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags

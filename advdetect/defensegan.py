@@ -16,14 +16,13 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 
-from .base import BaseDetector, batched, invalid_parameter, train_module
+from .base import BaseDetector, PurifierMixin, invalid_parameter, train_module
 from .nn.gan import WGAN, DefenseGANDecision, gradient_penalty, latent_search
 
 __all__ = ["DefenseGANDetector", "WGANGPNet"]
@@ -91,7 +90,7 @@ class WGANGPNet(NeuralNet):
         return {"loss": loss.detach(), "y_pred": fake}
 
 
-class DefenseGANDetector(TransformerMixin, BaseDetector):
+class DefenseGANDetector(PurifierMixin, BaseDetector):
     """Defense-GAN: a WGAN generator's reconstruction error detects, its output purifies.
 
     Samangouei, Kabkab & Chellappa (ICLR 2018) train a Wasserstein GAN on
@@ -389,27 +388,7 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
         -------
         ndarray of shape (n_samples, C, H, W), float32
         """
-        check_is_fitted(self)
-        X = self._validate_images(X, reset=False)
-        self._eval_mode()
-        return batched(lambda xb: self._search(xb)[0], X, self.batch_size, self.device_)
-
-    def transform(self, X):
-        """Defense-GAN's purification: ``G(z*)`` in the layout of ``X``.
-
-        Put the detector in a Pipeline in front of a classifier to classify
-        the reconstructions (the paper's defence). Flat rows stay flat,
-        ``(n, H, W)`` stays 3-D; values lie in ``input_range``.
-
-        Parameters
-        ----------
-        X : array-like of images
-
-        Returns
-        -------
-        ndarray of the shape of X, float32
-        """
-        return self._in_input_layout(self.reconstruct(X), X)
+        return self._map_batches(X, lambda xb: self._search(xb)[0])
 
     def to_torch(self):
         """The decision function as a ``torch.nn.Module``: ``forward(x)`` -> ``(n,)``.
@@ -453,7 +432,3 @@ class DefenseGANDetector(TransformerMixin, BaseDetector):
             p.requires_grad_(False)
         return module
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags

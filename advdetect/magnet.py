@@ -14,14 +14,14 @@ import numbers
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.utils import to_tensor
 from torch import nn
 
-from .base import BaseDetector, batched, invalid_parameter, train_module, upper_quantile
+from .base import (BaseDetector, PurifierMixin, invalid_parameter, train_module,
+                   upper_quantile)
 from .nn.autoencoders import MNIST_STRUCTURES, MagNetAutoencoder
 
 __all__ = ["MagNetDetector", "MagNetAutoencoder", "DenoisingAutoencoderNet", "MNIST_STRUCTURES"]
@@ -72,7 +72,7 @@ class DenoisingAutoencoderNet(NeuralNet):
         return loss
 
 
-class MagNetDetector(TransformerMixin, BaseDetector):
+class MagNetDetector(PurifierMixin, BaseDetector):
     """MagNet's reconstruction-error detectors, with the autoencoder as reformer.
 
     Meng & Chen (CCS 2017) train autoencoders on clean data only, with Gaussian
@@ -342,31 +342,8 @@ class MagNetDetector(TransformerMixin, BaseDetector):
         if name not in self.detectors_:
             raise ValueError(f"detector must be one of the trained detectors "
                              f"{self.detectors_}, got {detector!r}")
-        X = self._stream_images(X)
-        self._eval_mode()
-        return batched(self.autoencoders_[name], X, self.batch_size, self.device_)
+        return self._map_batches(X, self.autoencoders_[name])
 
-    def transform(self, X):
-        """MagNet's reformer: the reconstruction of ``X`` by autoencoder I.
-
-        Put the detector in a Pipeline in front of a classifier to classify
-        reformed inputs. The output has the shape of ``X``
-        (flat rows stay flat), with values in ``input_range``.
-
-        Parameters
-        ----------
-        X : array-like of images
-
-        Returns
-        -------
-        ndarray of the shape of X, float32
-        """
-        return self._in_input_layout(self.reconstruct(X), X)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float32"]
-        return tags
 
 
 @contextlib.contextmanager
