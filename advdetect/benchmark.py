@@ -33,7 +33,8 @@ __all__ = ["ADAPTIVE_BUDGETS", "ADAPTIVE_PGD", "DEMO_ATTACKS", "DEMO_DETECTORS",
            "DETECTORS", "FULL_ATTACKS", "OPTIONAL_DETECTORS", "PUBLISHED_FIGURES",
            "PUBLISHED_SOURCES", "QUICK", "VICTIMS",
            "format_adaptive_report", "format_summary", "parse_attack", "plot_bypass",
-           "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "to_markdown",
+           "prepare_benchmark", "run_adaptive_benchmark", "run_benchmark", "throughputs",
+           "to_markdown",
            "victim_recipe", "victim_settings"]
 
 #: Attacks of ``advdetect demo``: each name, with its strength.
@@ -258,7 +259,7 @@ def to_markdown(frame, floatfmt=".3f"):
     return "\n".join(lines)
 
 
-def _throughputs(fns, X, repeats=5):
+def throughputs(fns, X, repeats=5):
     """Images per second of each of ``fns`` on ``X``: the best of ``repeats`` timed runs.
 
     One run of 1,000 MNIST images takes a fraction of a second, so a single
@@ -269,6 +270,29 @@ def _throughputs(fns, X, repeats=5):
     spell of the machine (or of the process: on this 2-core VM the classifier's
     speed at a given batch size moves by up to 25 % from one process to the
     next) weighs on both alike.
+
+    Parameters
+    ----------
+    fns : sequence of callable
+        Each takes an array of images (what ``X`` holds) and scores it.
+    X : ndarray of shape (n_samples, ...)
+        The images every function is timed on (its first 64 warm it up).
+    repeats : int, default=5
+        Timed runs of each function; the fastest counts.
+
+    Returns
+    -------
+    list of float
+        Images per second, one per function, in the order of ``fns``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from advdetect.benchmark import throughputs
+    >>> fast, slow = throughputs([np.sum, lambda X: [np.sum(X) for _ in range(50)]],
+    ...                          np.ones((1000, 1, 8, 8)), repeats=2)
+    >>> fast > slow
+    True
     """
     for fn in fns:
         fn(X[:64])  # warm-up
@@ -824,7 +848,7 @@ def run_benchmark(dataset="subset", attacks=DEMO_ATTACKS, detectors=DETECTORS, *
     for name, (det, fit_seconds) in zip(made, fits):
         # The classifier's forward pass at the detector's own batch size, timed turn by
         # turn with the detector's scoring: the ratio compares like with like.
-        ips, clf_ips = _throughputs(
+        ips, clf_ips = throughputs(
             [det.score_samples, lambda X, b=det.batch_size: batched(forward, X, b, device)], X_te,
             repeats=1 if quick else 5)
         timing_rows.append(dict(detector=name, fit_seconds=fit_seconds, batch_size=det.batch_size,

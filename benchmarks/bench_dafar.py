@@ -38,7 +38,7 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DetectAndPurify
 from advdetect.base import batched
-from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, throughputs, prepare_benchmark,
                                  to_markdown)
 from advdetect.metrics import detection_report
 
@@ -201,7 +201,7 @@ def main():
               "", to_markdown(pd.DataFrame(rows10)), ""]
 
     forward = victim.module_.eval()
-    ips, clf_ips = _throughputs([det.score_samples, lambda X: batched(
+    ips, clf_ips = throughputs([det.score_samples, lambda X: batched(
         forward, X, det.batch_size, det.device_)], X_te)
     parts += ["## Timing (target: scoring < 2.5x the victim's forward pass)", "",
               to_markdown(pd.DataFrame([dict(detector="DAFAR", fit_seconds=fit_seconds,

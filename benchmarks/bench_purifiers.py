@@ -32,7 +32,7 @@ from sklearn.frozen import FrozenEstimator
 
 from advdetect import DAFARDetector, DefenseGANDetector, MagNetDetector
 from advdetect.base import batched
-from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, _throughputs, prepare_benchmark,
+from advdetect.benchmark import (PUBLISHED_FIGURES, QUICK, throughputs, prepare_benchmark,
                                  to_markdown)
 from advdetect.metrics import detection_report
 from advdetect.squeeze import bit_depth
@@ -153,7 +153,7 @@ def main():
     forward = victim.module_.eval()
     sample = X_te[:256]
     fns = [lambda X: batched(forward, X, 256, device)] + list(purifiers.values())
-    ips = _throughputs(fns, sample, repeats=2)
+    ips = throughputs(fns, sample, repeats=2)
     clf = ips[0]
     timing = [dict(method="victim forward", fit_seconds=np.nan, images_per_s=clf,
                    cost_vs_classifier=1.0)]

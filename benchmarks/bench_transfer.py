@@ -30,7 +30,7 @@ from advdetect import (BinaryClassifierDetector, CMAGDetector, DAFARDetector,
                        MahalanobisDetector)
 from advdetect.attacks import generate
 from advdetect.base import batched
-from advdetect.benchmark import _throughputs, parse_attack, prepare_benchmark, to_markdown
+from advdetect.benchmark import throughputs, parse_attack, prepare_benchmark, to_markdown
 from advdetect.metrics import detection_report
 from advdetect.model_selection import make_detection_dataset
 
@@ -97,7 +97,7 @@ def main():
         t0 = time.perf_counter()
         det.fit(X_sup, y_sup) if supervised else det.fit(X_tr)
         fit_s = time.perf_counter() - t0
-        ips, clf_ips = _throughputs(
+        ips, clf_ips = throughputs(
             [det.score_samples, lambda X, b=det.batch_size: batched(forward, X, b, device)], X_te,
             repeats=3)
         timing.append(dict(detector=label, fit_seconds=fit_s, score_images_per_s=ips,

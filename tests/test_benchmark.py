@@ -84,19 +84,19 @@ def test_throughput_is_the_best_of_its_runs(monkeypatch):
     clock = iter([0.0, 2.0, 10.0, 10.5, 20.0, 21.0])  # runs of 2.0, 0.5 and 1.0 s
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
     calls = []
-    [ips] = benchmark._throughputs([lambda X: calls.append(len(X))], np.zeros((100, 1)),
+    [ips] = benchmark.throughputs([lambda X: calls.append(len(X))], np.zeros((100, 1)),
                                    repeats=3)
     assert calls == [64, 100, 100, 100]  # a warm-up on 64 images, then three timed runs
     assert ips == pytest.approx(100 / 0.5)
 
 
-def test_throughputs_interleave_their_runs(monkeypatch):
+def testthroughputs_interleave_their_runs(monkeypatch):
     # A detector and the classifier are timed turn by turn, so a slow spell hits both.
     from advdetect import benchmark
     clock = iter(np.arange(0.0, 100.0))
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
     calls = []
-    ips = benchmark._throughputs([lambda X: calls.append(("a", len(X))),
+    ips = benchmark.throughputs([lambda X: calls.append(("a", len(X))),
                                   lambda X: calls.append(("b", len(X)))],
                                  np.zeros((100, 1)), repeats=2)
     # Warm-ups on 64 images, then the timed runs alternate.

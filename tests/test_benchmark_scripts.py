@@ -64,3 +64,26 @@ def test_architectures_script_smoke(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Settings" in report and "feedback_decoder_ (FeedbackDecoder)" in report
     assert "layer3.1 (16, 2, 2)" in report and "| True |" in report
+
+
+def test_scripts_and_examples_import_public_names_only():
+    """ARCHITECTURE's rule 5: benchmarks/ and examples/ use advdetect's public names only."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    private = []
+    for path in sorted((root / "benchmarks").glob("*.py")) + sorted(
+            (root / "examples").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("advdetect"):
+                modules = node.module.split(".")
+                names = [a.name for a in node.names]
+                private += [f"{path.name}: from {node.module} import {n}" for n in names
+                            if n.startswith("_")]
+                private += [f"{path.name}: {node.module}" for m in modules if m.startswith("_")]
+            elif isinstance(node, ast.Import):
+                private += [f"{path.name}: import {a.name}" for a in node.names
+                            if a.name.startswith("advdetect") and any(
+                                m.startswith("_") for m in a.name.split("."))]
+    assert private == []
