@@ -78,3 +78,49 @@ def write(output, name, text):
         os.makedirs(output, exist_ok=True)
         with open(os.path.join(output, name), "w") as fh:
             fh.write(text)
+
+
+#: The start of a child process that measures scoring (bench_memory.py, bench_scale.py):
+#: a detector named ``name`` (a class of ``advdetect``) fitted on 500 random 28 x 28
+#: images, one epoch, on the CPU, with ``batch_size``; the child sets those two names
+#: before this code and then its own ``X``, then runs :data:`CHILD_MEASURE`.
+CHILD_FIT = r"""
+import json, sys, time
+import numpy as np
+from sklearn.frozen import FrozenEstimator
+import advdetect
+from advdetect.models import train_classifier
+
+rng = np.random.default_rng(0)
+X_fit = rng.random((500, 1, 28, 28), dtype=np.float32)
+y_fit = rng.integers(0, 10, 500)
+cls = getattr(advdetect, name)
+params = cls().get_params()
+kw = {k: v for k, v in dict(device="cpu", random_state=0, batch_size=batch_size,
+                             max_epochs=1).items() if k in params}
+if "classifier" in params:  # model-agnostic detectors (MagNet, Defense-GAN) take none
+    victim = train_classifier(X_fit, y_fit, max_epochs=1, device="cpu")
+    det = cls(FrozenEstimator(victim), **kw)
+else:
+    det = cls(**kw)
+det.fit(X_fit)
+"""
+
+#: Times ``det.score_samples(X)`` after a warm-up and reads the process's resident memory
+#: before it (``before``) and its peak (``peak``, bytes), the peak reset after the warm-up.
+CHILD_MEASURE = r"""
+def status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
+det.score_samples(X[:256])  # warm-up: allocator pools, lazy imports
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+before = status("VmRSS")
+t0 = time.perf_counter()
+scores = det.score_samples(X)
+seconds = time.perf_counter() - t0
+peak = status("VmHWM")
+"""

@@ -28,47 +28,17 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import settings_block, write  # noqa: E402
+from _common import CHILD_FIT, CHILD_MEASURE, settings_block, write  # noqa: E402
 
-CHILD = r"""
-import json, sys, time
-import numpy as np, torch
-from sklearn.frozen import FrozenEstimator
-import advdetect
-from advdetect.models import train_classifier
-
-name, n = sys.argv[1], int(sys.argv[2])
-rng = np.random.default_rng(0)
-X_fit = rng.random((500, 1, 28, 28), dtype=np.float32)
-y_fit = rng.integers(0, 10, 500)
-victim = FrozenEstimator(train_classifier(X_fit, y_fit, max_epochs=1, device="cpu"))
-cls = getattr(advdetect, name)
-kw = dict(device="cpu", random_state=0, batch_size=128)
-if name != "FeatureSqueezingDetector":
-    kw["max_epochs"] = 1
-det = cls(**kw) if name == "MagNetDetector" else cls(victim, **kw)
-det.fit(X_fit)
+CHILD = ("import sys\nname, n, batch_size = sys.argv[1], int(sys.argv[2]), 128\n"
+         + CHILD_FIT + r"""
 X = rng.random((n, 1, 28, 28), dtype=np.float32)
-
-def status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-
-det.score_samples(X[:256])  # warm-up: allocator pools, lazy imports
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")
-before = status("VmRSS")
-t0 = time.perf_counter()
-scores = det.score_samples(X)
-seconds = time.perf_counter() - t0
-peak = status("VmHWM")
+""" + CHILD_MEASURE + r"""
 print(json.dumps(dict(detector=name, n=n, input_mb=X.nbytes / 2**20,
                       peak_minus_input_mb=(peak - X.nbytes) / 2**20,
                       working_mb=(peak - before) / 2**20, seconds=seconds,
                       finite=bool(np.isfinite(scores).all()))))
-"""
+""")
 
 DETECTORS = ["CMAGDetector", "DAFARDetector", "MagNetDetector", "FeatureSqueezingDetector"]
 #: The allocator settings of the children (see the docstring).

@@ -42,44 +42,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import settings_block, write  # noqa: E402
+from _common import CHILD_FIT, CHILD_MEASURE, settings_block, write  # noqa: E402
 
 GRID = {"mu_gr": [0.3, 0.7], "temperature": [1.0, 10.0], "mu_fmr": [0.5, 0.8]}
 
-CHILD = r"""
-import json, sys, time
-import numpy as np, torch
-from sklearn.frozen import FrozenEstimator
-import advdetect
-from advdetect.models import train_classifier
-
-name, path, n, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(0)
-X_fit = rng.random((500, 1, 28, 28), dtype=np.float32)
-y_fit = rng.integers(0, 10, 500)
-kw = dict(device="cpu", random_state=0, batch_size=batch_size, max_epochs=1)
-cls = getattr(advdetect, name)
-if name == "MagNetDetector":
-    det = cls(**kw)
-else:
-    det = cls(FrozenEstimator(train_classifier(X_fit, y_fit, max_epochs=1, device="cpu")), **kw)
-det.fit(X_fit)
+CHILD = ("import sys\nname, path, n, batch_size = sys.argv[1], sys.argv[2], "
+         "int(sys.argv[3]), int(sys.argv[4])\n") + CHILD_FIT + r"""
 X = np.load(path, mmap_mode="r")[:n]
-
-def status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-
-det.score_samples(X[:256])  # warm-up: allocator pools, lazy imports
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")
-before = status("VmRSS")
-t0 = time.perf_counter()
-scores = det.score_samples(X)
-seconds = time.perf_counter() - t0
-peak = status("VmHWM")
+""" + CHILD_MEASURE + r"""
 print(json.dumps(dict(detector=name, n=n, file_mb=X.nbytes / 2**20, peak_mb=peak / 2**20,
                       working_mb=(peak - before) / 2**20, seconds=seconds,
                       images_per_s=n / seconds, rss_after_mb=status("VmRSS") / 2**20,
